@@ -1,0 +1,5 @@
+import sys
+
+from actalign.cli import main
+
+sys.exit(main())
