@@ -118,7 +118,8 @@ class PairSums:
         weights = weights.to(F64)
         within = (weights @ self.within) / (weights @ self.within_count)[..., None]
         null = (weights @ self.null) / (weights @ self.null_count)[..., None]
-        return within, null
+        # cosines are bounded by 1; the clamp removes only floating-point excess (~1e-16)
+        return within.clamp(-1.0, 1.0), null.clamp(-1.0, 1.0)
 
 
 @jaxtyped(typechecker=typechecker)

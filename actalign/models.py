@@ -56,9 +56,31 @@ class LoadedModel:
         """The wrapped Hugging Face model (shares parameters with ``bridge``)."""
         return self.bridge.original_model
 
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """The wrapped model's parameters under their plain Hugging Face names.
+
+        The bridge replaces submodules in place (``x._original_component.y``) and registers aliases;
+        this keeps one tensor per key of a freshly built model of the same config.
+        """
+        with torch.device("meta"):
+            expected = AutoModelForCausalLM.from_config(self.hf_model.config).state_dict().keys()
+        clean = {}
+        for key, value in self.hf_model.state_dict().items():
+            plain = key.replace("._original_component", "")
+            if plain in expected and plain not in clean:
+                clean[plain] = value
+        missing = set(expected) - set(clean)
+        if missing:
+            raise RuntimeError(f"could not map bridge parameters back to HF names; missing {sorted(missing)[:5]}")
+        return clean
+
     def save_pretrained(self, folder: str | Path) -> None:
         """Write a Hugging Face folder (safetensors + config + tokenizer) loadable by ``load_model``."""
-        self.hf_model.save_pretrained(folder, safe_serialization=True)
+        with torch.device("meta"):
+            plain = AutoModelForCausalLM.from_config(self.hf_model.config)
+        plain.load_state_dict(self.hf_state_dict(), assign=True)
+        plain.tie_weights()
+        plain.save_pretrained(folder, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
 
 
