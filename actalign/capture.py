@@ -123,12 +123,21 @@ def pooled_forward(
     attention_mask: Int[Tensor, "batch pos"],
     weights: Float[Tensor, "batch pos"],
     names: Sequence[str],
-    with_logits: bool = True,
+    logits: str | None = "all",
 ) -> tuple[Float[Tensor, "batch layer d_model"], Float[Tensor, "batch pos vocab"] | None]:
-    """One forward pass; returns pooled activations at ``names`` (and the logits).
+    """One forward pass; returns pooled activations at ``names`` and the logits: at every position
+    (``"all"``), only at the final position (``"last"``: needs left padding, skips the vocabulary
+    projection elsewhere), or none.
 
     Differentiable when grad is enabled: hooks pool the live tensors and never detach.
     """
+    if logits not in ("all", "last", None):
+        raise ValueError(f"logits must be 'all', 'last' or None, got {logits!r}")
+    extra = {}
+    if logits == "last":
+        if not bool(attention_mask[:, -1].all()):
+            raise ValueError("logits='last' needs left padding (every row's last token real)")
+        extra["logits_to_keep"] = 1
     pooled: dict[int, Tensor] = {}
 
     def make_hook(slot: int):
@@ -139,17 +148,18 @@ def pooled_forward(
         return hook
 
     fwd_hooks = [(name, make_hook(slot)) for slot, name in enumerate(names)]
-    logits = model.bridge.run_with_hooks(
+    output = model.bridge.run_with_hooks(
         input_ids.to(model.bridge.cfg.device),
         attention_mask=attention_mask.to(model.bridge.cfg.device),
         fwd_hooks=fwd_hooks,
-        return_type="logits" if with_logits else None,
+        return_type="logits" if logits else None,
+        **extra,
     )
     missing = [names[i] for i in range(len(names)) if i not in pooled]
     if missing:
         raise RuntimeError(f"hooks never fired for {missing}; this model does not expose them")
     stacked = torch.stack([pooled[i] for i in range(len(names))], dim=1)
-    return stacked, logits if with_logits else None
+    return stacked, output if logits else None
 
 
 def last_token_logprobs(
@@ -169,13 +179,14 @@ def capture(
     pool: str = "last",
     batch_size: int = 16,
     chat: bool = False,
-    padding_side: str = "right",
+    padding_side: str = "left",
     keep_logprobs: bool = True,
     progress: bool = True,
 ) -> Capture:
     """Pooled activations of every prompt at every layer (no grad).
 
     Prompts are batched in order of token length to limit padding; results come back in input order.
+    With left padding (the default) only the final position goes through the unembedding.
     """
     if pool == "suffix":
         raise ValueError("pool='suffix' is for training batches of sets; use 'last' or 'mean' for analysis")
@@ -189,7 +200,8 @@ def capture(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=f"capture {hook}/{pool}", disable=not progress, leave=False):
         ids, mask = pad_batch([rows[i] for i in batch], pad_id, padding_side)
-        pooled, logits = pooled_forward(model, ids, mask, pool_weights(mask, pool), names, with_logits=keep_logprobs)
+        logits_mode = ("last" if padding_side == "left" else "all") if keep_logprobs else None
+        pooled, logits = pooled_forward(model, ids, mask, pool_weights(mask, pool), names, logits=logits_mode)
         acts[batch] = pooled.float().cpu()
         if keep_logprobs:
             batch_logprobs = last_token_logprobs(logits, mask).cpu()

@@ -164,11 +164,11 @@ def _gram(x: Tensor) -> Tensor:
     return x @ x.transpose(-1, -2)
 
 
-def _center_gram(gram: Tensor) -> Tensor:
+def center_gram(gram: Tensor) -> Tensor:
     return gram - gram.mean(-1, keepdim=True) - gram.mean(-2, keepdim=True) + gram.mean((-1, -2), keepdim=True)
 
 
-def _u_center_gram(gram: Tensor) -> Tensor:
+def _ucenter_gram(gram: Tensor) -> Tensor:
     """U-centering (Szekely & Rizzo 2014): <U(K), U(L)> / (n (n-3)) is the unbiased HSIC estimator."""
     n = gram.shape[-1]
     k = gram.clone()
@@ -196,7 +196,7 @@ def _cka_from_centered(kc: Tensor, lc: Tensor) -> Tensor:
 @jaxtyped(typechecker=typechecker)
 def linear_cka(x: Float[Tensor, "*layer n d1"], y: Float[Tensor, "*layer n d2"]) -> Float[Tensor, "*layer"]:
     """Biased linear CKA (Kornblith et al. 2019) between row-aligned representations, float64."""
-    return _cka_from_centered(_center_gram(_gram(x)), _center_gram(_gram(y)))
+    return _cka_from_centered(center_gram(_gram(x)), center_gram(_gram(y)))
 
 
 @jaxtyped(typechecker=typechecker)
@@ -206,7 +206,7 @@ def linear_cka_unbiased(x: Float[Tensor, "*layer n d1"], y: Float[Tensor, "*laye
     n = x.shape[-2]
     if n < 4:
         raise ValueError(f"unbiased CKA needs at least 4 rows (sets), got {n}")
-    return _cka_from_centered(_u_center_gram(_gram(x)), _u_center_gram(_gram(y)))
+    return _cka_from_centered(_ucenter_gram(_gram(x)), _ucenter_gram(_gram(y)))
 
 
 @jaxtyped(typechecker=typechecker)
