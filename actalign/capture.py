@@ -165,7 +165,10 @@ def pooled_forward(
 def last_token_logprobs(
     logits: Float[Tensor, "batch pos vocab"], attention_mask: Int[Tensor, "batch pos"]
 ) -> Float[Tensor, "batch vocab"]:
-    """Log-probabilities of the token after each row's last real token."""
+    """Log-probabilities of the token after each row's last real token (``logits`` may hold only the
+    final position, as ``pooled_forward(..., logits="last")`` returns)."""
+    if logits.shape[1] == 1:
+        return torch.log_softmax(logits[:, 0].float(), dim=-1)
     last = pool_weights(attention_mask.cpu(), "last").argmax(-1).to(logits.device)
     return torch.log_softmax(logits[torch.arange(logits.shape[0], device=logits.device), last].float(), dim=-1)
 
