@@ -34,6 +34,34 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", required=True, help="output folder for coherence.json / coherence.png")
     analyze.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the gap CI")
     analyze.set_defaults(func=run_analyze)
+
+    train = sub.add_parser("train", help="alignment fine-tuning with before/after evaluation on held-out families")
+    train.add_argument("--config", default=None, help="JSON/YAML file of TrainConfig fields (flags override it)")
+    train.add_argument("--model", default=None, help="model to fine-tune (default smollm2-135m)")
+    train.add_argument("--variants", default=None, help="training variant sets (default: the bundled corpus)")
+    train.add_argument("--eval-variants", default=None, help="held-out sets (default: a seeded family split of --variants)")
+    train.add_argument("--out", required=True, help="output folder (checkpoint/, train_log.jsonl, before/, after/)")
+    train.add_argument("--steps", type=int, default=None)
+    train.add_argument("--lr", type=float, default=None)
+    train.add_argument("--trainable", default=None, help="'all' or 'last:K'")
+    train.add_argument("--pool", default=None, choices=["last", "mean", "suffix"])
+    train.add_argument("--hook", default=None, choices=sorted(HOOK_POINTS))
+    train.add_argument("--chat", action="store_true", default=None)
+    train.add_argument("--sets-per-step", type=int, default=None)
+    train.add_argument("--variants-per-set", type=int, default=None)
+    train.add_argument("--grad-accum", type=int, default=None)
+    train.add_argument("--checkpoint-every", type=int, default=None)
+    train.add_argument("--eval-every", type=int, default=None)
+    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--loss", default=None, help="loss weights, e.g. 'cosine=1,output_kl=0.5,anchor_kl=1,lm=1'")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    train.set_defaults(func=run_train)
+
+    compare = sub.add_parser("compare", help="before vs after per layer from two coherence.json files")
+    compare.add_argument("before")
+    compare.add_argument("after")
+    compare.add_argument("--out", required=True)
+    compare.set_defaults(func=run_compare)
     return parser
 
 
@@ -62,12 +90,71 @@ def run_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_loss_weights(text: str) -> dict[str, float]:
+    weights = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--loss expects name=weight pairs separated by commas, got {item!r}")
+        weights[name.strip()] = float(value)
+    return weights
+
+
+def train_config(args: argparse.Namespace):
+    from actalign.train import TrainConfig
+
+    flags = ("model", "variants", "eval_variants", "out", "steps", "lr", "trainable", "pool", "hook", "chat",
+             "sets_per_step", "variants_per_set", "grad_accum", "checkpoint_every", "eval_every", "seed")
+    overrides = {f: getattr(args, f) for f in flags if getattr(args, f) is not None}
+    if args.loss:
+        overrides["loss_weights"] = parse_loss_weights(args.loss)
+    return TrainConfig.from_file(args.config, **overrides) if args.config else TrainConfig(**overrides)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from actalign.evaluate import evaluate, save_compare, summary_lines
+    from actalign.models import load_model
+    from actalign.train import split_sets, train
+
+    cfg = train_config(args)
+    out = Path(cfg.out)
+    if not args.resume and (out / "checkpoint").exists():
+        raise ValueError(f"{out / 'checkpoint'} exists; pass --resume to continue it, or choose another --out")
+    eval_args = dict(hook=cfg.hook, pool="last" if cfg.pool == "suffix" else cfg.pool, chat=cfg.chat,
+                     batch_size=cfg.eval_batch_size, seed=cfg.seed, n_boot=cfg.n_boot)
+    model = None
+    before = out / "before" / "coherence.json"
+    if not (args.resume and before.is_file()):
+        model = load_model(cfg.model)
+        eval_sets = split_sets(cfg)[1]
+        print(f"evaluating the original model on {len(eval_sets)} held-out sets", flush=True)
+        evaluate(model, eval_sets, before.parent, label=f"{cfg.model} before alignment", **eval_args)
+    result = train(cfg, resume=args.resume, model=model)
+    print("evaluating the trained model", flush=True)
+    evaluate(result.model, result.data.eval_sets, out / "after", label=f"{cfg.model} after {cfg.steps} alignment steps", **eval_args)
+    comparison = save_compare(before, out / "after" / "coherence.json", out)
+    for line in summary_lines(comparison):
+        print(line)
+    print(f"wrote {out}/checkpoint, train_log.jsonl, before/, after/, compare.json, compare.png")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from actalign.evaluate import save_compare, summary_lines
+
+    comparison = save_compare(args.before, args.after, args.out)
+    for line in summary_lines(comparison):
+        print(line)
+    print(f"wrote {Path(args.out) / 'compare.json'} and compare.png")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"actalign {args.command}: error: {err}", file=sys.stderr)
         return 2
 

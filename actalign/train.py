@@ -1,0 +1,460 @@
+"""Alignment fine-tuning: make a model's representations and answers coherent across paraphrases,
+held near the original by a KL anchor and a retention LM loss.
+
+One optimizer step = ``grad_accum`` micro-batches; each micro-batch is ``sets_per_step`` variant sets
+x ``variants_per_set`` variants (one forward with pooling hooks that keep the graph) plus
+``retention_batch`` chunks of plain text. Which sets, variants and chunks a step uses is a pure
+function of (seed, step, micro-batch), so a resumed run sees exactly the batches an uninterrupted
+run would, and the weights and log come out bit-identical on CPU.
+
+Output folder: ``checkpoint/`` (HF folder + ``trainer_state.pt`` + ``COMPLETE`` marker, written to a
+temporary folder and renamed), ``train_log.jsonl``, ``reference.pt`` (cached reference logits of
+the original model), ``config.json``, and ``before/`` / ``after/`` evaluations on held-out families.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from actalign import losses
+from actalign.capture import hook_names, pad_batch, pool_weights, pooled_forward, tokenize
+from actalign.models import LoadedModel, load_model
+from actalign.retention import batch_chunks, bundled_text, token_chunks
+from actalign.variants import VariantSet, bundled_path, flatten, load_variant_sets, split_by_family
+
+REPRESENTATION_LOSSES = ("cosine", "l2_stopgrad", "cka")
+OUTPUT_LOSSES = ("output_kl", "anchor_kl", "lm")
+LOSS_NAMES = REPRESENTATION_LOSSES + OUTPUT_LOSSES
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder that cannot be resumed from (half-written or corrupt)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as ``config.json`` beside the outputs."""
+
+    model: str = "smollm2-135m"
+    variants: str | None = None  # variant-set JSONL; default: the bundled corpus
+    eval_variants: str | None = None  # held-out sets; default: a family split of ``variants``
+    out: str = "runs/train"
+    steps: int = 60
+    sets_per_step: int = 4
+    variants_per_set: int = 4
+    grad_accum: int = 1
+    lr: float = 3e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 5
+    min_lr_ratio: float = 0.1
+    clip_grad: float = 1.0
+    trainable: str = "all"  # "all" or "last:K" (last K blocks + final norm)
+    hook: str = "resid_post"
+    pool: str = "last"  # last | mean | suffix
+    chat: bool = False
+    loss_weights: dict = field(default_factory=lambda: {"cosine": 1.0, "output_kl": 0.5, "anchor_kl": 1.0, "lm": 1.0})
+    output_kind: str = "sym_kl"  # sym_kl | js
+    skip_embedding: bool = True
+    retention_seq_len: int = 48
+    retention_batch: int = 4
+    anchor_topk: int = 32
+    heldout_fraction: float = 0.25
+    seed: int = 0
+    eval_every: int = 0
+    checkpoint_every: int = 20
+    eval_batch_size: int = 16
+    n_boot: int = 1000
+
+    def __post_init__(self) -> None:
+        unknown = set(self.loss_weights) - set(LOSS_NAMES)
+        if unknown:
+            raise ValueError(f"unknown loss term(s) {sorted(unknown)}; choose from {LOSS_NAMES}")
+        if self.pool not in ("last", "mean", "suffix"):
+            raise ValueError(f"pool must be last, mean or suffix, got {self.pool!r}")
+        if not (self.trainable == "all" or re.fullmatch(r"last:\d+", self.trainable)):
+            raise ValueError(f"trainable must be 'all' or 'last:K', got {self.trainable!r}")
+        if self.variants_per_set < 2:
+            raise ValueError("variants_per_set must be at least 2 (alignment compares variants)")
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
+        """Read a JSON or YAML file of config fields; ``overrides`` win."""
+        text = Path(path).read_text()
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown config field(s) {sorted(unknown)}")
+        return cls(**{**data, **overrides})
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainData:
+    train_sets: list[VariantSet]
+    eval_sets: list[VariantSet]
+    set_tokens: list[list[list[int]]]  # [set][variant] -> token ids
+    prompt_offset: list[int]  # index of each set's first prompt in flatten(train_sets)
+    chunks: list[list[int]]  # retention token chunks
+
+
+def split_sets(cfg: TrainConfig) -> tuple[list[VariantSet], list[VariantSet]]:
+    sets = load_variant_sets(cfg.variants or bundled_path())
+    if cfg.eval_variants:
+        eval_sets = load_variant_sets(cfg.eval_variants)
+        shared = set(flatten(sets)[0]) & set(flatten(eval_sets)[0])
+        if shared:
+            raise ValueError(f"{len(shared)} prompt(s) appear in both training and eval sets, e.g. {sorted(shared)[0]!r}; remove them from one file")
+        return sets, eval_sets
+    return split_by_family(sets, cfg.heldout_fraction, cfg.seed)
+
+
+def prepare_data(model: LoadedModel, cfg: TrainConfig) -> TrainData:
+    train_sets, eval_sets = split_sets(cfg)
+    set_tokens = [tokenize(model, s.variants, chat=cfg.chat) for s in train_sets]
+    offsets = np.cumsum([0] + [len(s.variants) for s in train_sets])[:-1].tolist()
+    chunks = token_chunks(model, bundled_text("train"), cfg.retention_seq_len)
+    return TrainData(train_sets, eval_sets, set_tokens, offsets, chunks)
+
+
+@dataclass
+class MicroBatch:
+    set_ids: list[int]
+    variant_ids: list[list[int]]
+    chunk_ids: list[int]
+
+
+def plan_micro_batch(cfg: TrainConfig, data: TrainData, step: int, micro: int) -> MicroBatch:
+    """The sets, variants and text chunks of one micro-batch: a pure function of (seed, step, micro)."""
+    rng = np.random.default_rng([cfg.seed, step, micro])
+    n_sets = min(cfg.sets_per_step, len(data.train_sets))
+    set_ids = rng.choice(len(data.train_sets), size=n_sets, replace=False).tolist()
+    variant_ids = []
+    for s in set_ids:
+        n_variants = len(data.train_sets[s].variants)
+        variant_ids.append(sorted(rng.choice(n_variants, size=min(cfg.variants_per_set, n_variants), replace=False).tolist()))
+    chunk_ids = rng.choice(len(data.chunks), size=min(cfg.retention_batch, len(data.chunks)), replace=False).tolist()
+    return MicroBatch(set_ids, variant_ids, chunk_ids)
+
+
+def shared_suffix_len(rows: list[list[int]]) -> int:
+    """Number of trailing tokens shared by all rows."""
+    n = 0
+    while n < min(len(r) for r in rows) and len({r[-1 - n] for r in rows}) == 1:
+        n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------- reference (frozen original)
+
+
+@torch.no_grad()
+def compute_reference(model: LoadedModel, cfg: TrainConfig, data: TrainData) -> dict:
+    """Top-k next-token distributions of the original model, once, for every prompt and every
+    retention chunk the run's schedule will use."""
+    plans = [plan_micro_batch(cfg, data, step, micro) for step in range(cfg.steps) for micro in range(cfg.grad_accum)]
+    prompt_ids = sorted({data.prompt_offset[s] + v for p in plans for s, vs in zip(p.set_ids, p.variant_ids) for v in vs})
+    chunk_ids = sorted({c for p in plans for c in p.chunk_ids})
+    flat_tokens = [row for rows in data.set_tokens for row in rows]
+    names = hook_names(model.n_layers, cfg.hook)[-1:]
+    reference = {"prompt": {}, "chunk": {}}
+    for i in tqdm(range(0, len(prompt_ids), 32), desc="reference prompts", leave=False):
+        batch = prompt_ids[i : i + 32]
+        ids, mask = pad_batch([flat_tokens[p] for p in batch], model.tokenizer.pad_token_id, "left")
+        _, logits = pooled_forward(model, ids, mask, pool_weights(mask, "last"), names, logits="last")
+        idx, logp = losses.topk_reference(logits[:, -1], cfg.anchor_topk)
+        for j, p in enumerate(batch):
+            reference["prompt"][p] = (idx[j].clone(), logp[j].clone())
+    for i in tqdm(range(0, len(chunk_ids), 16), desc="reference text", leave=False):
+        batch = chunk_ids[i : i + 16]
+        ids, mask = batch_chunks(model, [data.chunks[c] for c in batch])
+        logits = model.bridge(ids, attention_mask=mask)
+        for j, c in enumerate(batch):
+            length = len(data.chunks[c])
+            reference["chunk"][c] = tuple(t.clone() for t in losses.topk_reference(logits[j, :length], cfg.anchor_topk))
+    return reference
+
+
+# ----------------------------------------------------------------------------- parameters and optimizer
+
+
+def named_hf_parameters(model: LoadedModel) -> list[tuple[str, torch.nn.Parameter]]:
+    """Each parameter once, under its plain HF name, in a stable order."""
+    seen, named = set(), []
+    for name, param in model.hf_model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        named.append((name.replace("._original_component", ""), param))
+    return sorted(named, key=lambda item: item[0])
+
+
+def select_trainable(model: LoadedModel, spec: str) -> list[torch.nn.Parameter]:
+    """Freeze everything but the chosen parameters: ``all`` or ``last:K`` (last K blocks + final norm)."""
+    named = named_hf_parameters(model)
+    if spec == "all":
+        chosen = {name for name, _ in named}
+    else:
+        k = int(spec.split(":")[1])
+        if not 1 <= k <= model.n_layers:
+            raise ValueError(f"trainable last:K needs 1 <= K <= {model.n_layers}, got {k}")
+        first = model.n_layers - k
+        chosen = {n for n, _ in named if (m := re.search(r"layers\.(\d+)\.", n)) and int(m.group(1)) >= first}
+        chosen |= {n for n, _ in named if re.search(r"(^|\.)norm\.", n) and "layers." not in n}
+    for name, param in named:
+        param.requires_grad_(name in chosen)
+    return [param for name, param in named if name in chosen]
+
+
+def lr_lambda(cfg: TrainConfig):
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def micro_batch_losses(
+    model: LoadedModel, cfg: TrainConfig, data: TrainData, plan: MicroBatch, reference: dict, running: losses.RunningMean
+) -> dict[str, torch.Tensor]:
+    """Every loss term with a non-zero weight for one micro-batch (graph attached)."""
+    weights = cfg.loss_weights
+    rows, set_index, prompt_ids, suffix = [], [], [], []
+    for local, (s, variant_ids) in enumerate(zip(plan.set_ids, plan.variant_ids)):
+        set_rows = [data.set_tokens[s][v] for v in variant_ids]
+        rows += set_rows
+        set_index += [local] * len(set_rows)
+        prompt_ids += [data.prompt_offset[s] + v for v in variant_ids]
+        suffix += [shared_suffix_len(set_rows)] * len(set_rows)
+    ids, mask = pad_batch(rows, model.tokenizer.pad_token_id, "left")
+    pool = pool_weights(mask, cfg.pool, torch.tensor(suffix) if cfg.pool == "suffix" else None)
+    names = hook_names(model.n_layers, cfg.hook)
+    acts, logits = pooled_forward(model, ids, mask, pool, names, logits="last")
+    set_index_t = torch.tensor(set_index)
+    layer_weights = losses.default_layer_weights(len(names), cfg.skip_embedding)
+    terms: dict[str, torch.Tensor] = {}
+    if weights.get("cosine"):
+        terms["cosine"] = losses.cosine_loss(acts, set_index_t, layer_weights, center=running.update(acts))
+    if weights.get("l2_stopgrad"):
+        terms["l2_stopgrad"] = losses.l2_stopgrad_loss(acts, set_index_t, layer_weights)
+    if weights.get("cka"):
+        terms["cka"] = losses.cka_loss(acts, set_index_t, layer_weights)
+    last_logits = logits[:, -1]
+    if weights.get("output_kl"):
+        terms["output_kl"] = losses.output_consistency_loss(last_logits, set_index_t, cfg.output_kind)
+    if weights.get("anchor_kl"):
+        ref_idx = torch.stack([reference["prompt"][p][0] for p in prompt_ids])
+        ref_logp = torch.stack([reference["prompt"][p][1] for p in prompt_ids])
+        prompt_anchor = losses.anchor_kl_loss(last_logits, ref_idx, ref_logp)
+    if weights.get("lm") or weights.get("anchor_kl"):
+        text_ids, text_mask = batch_chunks(model, [data.chunks[c] for c in plan.chunk_ids])
+        text_logits = model.bridge(text_ids, attention_mask=text_mask)
+        if weights.get("lm"):
+            terms["lm"] = losses.lm_loss(text_logits, text_ids, text_mask)
+        if weights.get("anchor_kl"):
+            keep = text_mask.bool()
+            ref_idx = torch.cat([reference["chunk"][c][0] for c in plan.chunk_ids])
+            ref_logp = torch.cat([reference["chunk"][c][1] for c in plan.chunk_ids])
+            text_anchor = losses.anchor_kl_loss(text_logits[keep], ref_idx, ref_logp)
+            terms["anchor_kl"] = prompt_anchor + text_anchor
+    return terms
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(model: LoadedModel, out: Path, state: dict) -> Path:
+    """Write ``out/checkpoint`` atomically: build ``.checkpoint-tmp``, then swap it into place."""
+    final, tmp, old = out / "checkpoint", out / ".checkpoint-tmp", out / ".checkpoint-old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    torch.save(state, tmp / "trainer_state.pt")
+    (tmp / "COMPLETE").write_text(json.dumps({"step": state["step"]}))
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(out: Path) -> Path | None:
+    """The resumable checkpoint in ``out`` (recovering from a stop between the two renames)."""
+    final, old = out / "checkpoint", out / ".checkpoint-old"
+    if not final.exists() and (old / "COMPLETE").is_file():
+        old.rename(final)
+    if not final.exists():
+        return None
+    if not (final / "COMPLETE").is_file() or not (final / "trainer_state.pt").is_file():
+        raise CheckpointError(
+            f"{final} is incomplete (no COMPLETE marker or trainer_state.pt): it was being written when the run "
+            f"stopped. Delete it to start over, or rerun without --resume into a new --out folder."
+        )
+    return final
+
+
+def load_trainer_state(folder: Path) -> dict:
+    try:
+        return torch.load(folder / "trainer_state.pt", weights_only=False)
+    except Exception as err:  # torch raises several types for truncated or garbled files
+        raise CheckpointError(f"{folder / 'trainer_state.pt'} is corrupt ({err.__class__.__name__}); delete {folder} and start over") from err
+
+
+def load_checkpoint_model(folder: Path) -> LoadedModel:
+    try:
+        return load_model(str(folder))
+    except Exception as err:
+        raise CheckpointError(f"{folder} holds a corrupt model ({err.__class__.__name__}: {err}); delete it and start over") from err
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def read_log(path: Path, up_to_step: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [e for e in entries if e.get("step", -1) <= up_to_step]
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainResult:
+    model: LoadedModel
+    out: Path
+    log: list[dict]
+    data: TrainData
+
+
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    model: LoadedModel | None = None,
+) -> TrainResult:
+    """Run (or resume) alignment training; returns the trained model and the log.
+
+    ``model``: the already loaded original model (else ``cfg.model`` is loaded); ignored on resume,
+    which loads the checkpoint. ``stop_after`` ends the loop after that many optimizer steps of this
+    call without a final checkpoint, as a kill would (used to test resume).
+    """
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    checkpoint = find_checkpoint(out) if resume else None
+    if not resume and (out / "checkpoint").exists():
+        raise ValueError(f"{out / 'checkpoint'} exists; pass --resume to continue it, or choose another --out")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if checkpoint:
+        model = load_checkpoint_model(checkpoint)
+    elif model is None:
+        model = load_model(cfg.model)
+    data = prepare_data(model, cfg)
+    reference_path = out / "reference.pt"
+    if reference_path.is_file() and checkpoint:
+        reference = torch.load(reference_path, weights_only=False)
+    else:  # computed from the original model, never from a partly trained one
+        reference = compute_reference(load_model(cfg.model) if checkpoint else model, cfg, data)
+        torch.save(reference, reference_path)
+    params = select_trainable(model, cfg.trainable)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    names = hook_names(model.n_layers, cfg.hook)
+    running = losses.RunningMean(len(names), model.d_model)
+    start = 0
+    log_path = out / "train_log.jsonl"
+    log = []
+    if checkpoint:
+        state = load_trainer_state(checkpoint)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        running.load_state_dict(state["running_mean"])
+        set_rng_state(state["rng"])
+        start = state["step"]
+        log = read_log(log_path, start - 1)
+    log_path.write_text("".join(json.dumps(e) + "\n" for e in log))
+    model.hf_model.train()
+    bar = tqdm(range(start, cfg.steps), desc="align", disable=not progress, initial=start, total=cfg.steps)
+    for step in bar:
+        entry = optimizer_step(model, cfg, data, reference, running, optimizer, scheduler, params, step)
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+            entry.update(quick_eval(model, cfg, data))
+        log.append(entry)
+        with log_path.open("a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k in LOSS_NAMES or k == "loss"})
+        done = step + 1
+        if stop_after is not None and done - start >= stop_after:
+            break
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            state = {"step": done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "running_mean": running.state_dict(), "rng": rng_state(), "config": asdict(cfg)}
+            save_checkpoint(model, out, state)
+    model.hf_model.eval()
+    return TrainResult(model, out, log, data)
+
+
+def optimizer_step(model, cfg, data, reference, running, optimizer, scheduler, params, step) -> dict:
+    started = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    totals: dict[str, float] = {}
+    for micro in range(cfg.grad_accum):
+        terms = micro_batch_losses(model, cfg, data, plan_micro_batch(cfg, data, step, micro), reference, running)
+        loss = sum(cfg.loss_weights[name] * value for name, value in terms.items()) / cfg.grad_accum
+        loss.backward()
+        for name, value in terms.items():
+            totals[name] = totals.get(name, 0.0) + float(value.detach()) / cfg.grad_accum
+        totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    return {"step": step, **totals, "grad_norm": float(grad_norm), "lr": lr, "step_time": time.perf_counter() - started}
+
+
+def quick_eval(model: LoadedModel, cfg: TrainConfig, data: TrainData) -> dict:
+    """Held-out gap (mean over the middle third of layers) and top-1 agreement, for the log."""
+    from actalign.coherence import analyze
+
+    model.hf_model.eval()
+    result = analyze(model, data.eval_sets, hook=cfg.hook, pool="last" if cfg.pool == "suffix" else cfg.pool,
+                     chat=cfg.chat, batch_size=cfg.eval_batch_size, seed=cfg.seed, n_boot=100, progress=False)
+    model.hf_model.train()
+    layers = result["layers"]
+    middle = layers[len(layers) // 3 : 2 * len(layers) // 3 + 1]
+    return {"eval_gap_middle": float(np.mean([l["gap"] for l in middle])), "eval_top1": result.get("output", {}).get("top1_agreement")}
