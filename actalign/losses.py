@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from actalign.metrics import center_gram
+from actalign.metrics import center_gram, variant_views
 
 
 def default_layer_weights(n_layers_captured: int, skip_embedding: bool = True) -> Float[Tensor, "layer"]:
@@ -81,17 +81,9 @@ def l2_stopgrad_loss(
     return (per_layer * layer_weights.to(per_layer)).sum()
 
 
-def variant_view_tensor(acts: Float[Tensor, "prompt layer d"], set_index: Int[Tensor, "prompt"]) -> Float[Tensor, "view layer set d"]:
-    n_sets = int(set_index.max()) + 1
-    members = [torch.nonzero(set_index == s).flatten() for s in range(n_sets)]
-    n_views = min(len(m) for m in members)
-    rows = torch.stack([torch.stack([m[k] for m in members]) for k in range(n_views)])
-    return acts[rows].permute(0, 2, 1, 3)
-
-
 def cka_loss(acts: Float[Tensor, "prompt layer d"], set_index: Int[Tensor, "prompt"], layer_weights: Float[Tensor, "layer"]) -> Tensor:
     """1 - mean linear CKA between variant views (needs >= 3 sets in the batch), weighted over layers."""
-    views = variant_view_tensor(acts.float(), set_index)
+    views = variant_views(acts.float(), set_index)
     if views.shape[2] < 3:
         raise ValueError("the cka loss needs at least 3 sets per batch; raise sets_per_step")
     grams = center_gram(views @ views.transpose(-1, -2))  # [view, layer, set, set]
