@@ -10,6 +10,7 @@ import torch
 
 from actalign.capture import Capture, capture
 from actalign.metrics import (
+    PairSums,
     bootstrap_gap_ci,
     center,
     cosine_pair_sums,
@@ -54,10 +55,34 @@ def coherence_from_capture(
                 "gap_ci": [float(ci[layer, 0]), float(ci[layer, 1])],
             }
         )
-    result = {"layers": layers, "n_null_draws": int(structure.null_sets.shape[0])}
+    result = {"layers": layers, "n_null_draws": int(structure.null_sets.shape[0]), "sets": per_set_sums(centered, sets)}
     if cap.next_logprobs is not None:
         result["output"] = output_metrics(cap.next_logprobs, structure, answer_tokens)
     return result
+
+
+def per_set_sums(sums: PairSums, sets: Sequence[VariantSet]) -> list[dict]:
+    """Per set: sums of centered cosines over its within pairs and its null draws, per layer, with
+    their counts; what a paired before/after bootstrap and per-family breakdowns need."""
+    return [
+        {
+            "id": s.id,
+            "family": s.family,
+            "n_within": int(sums.within_count[i]),
+            "within_centered_sum": [round(float(v), 7) for v in sums.within[i]],
+            "n_null": int(sums.null_count[i]),
+            "null_centered_sum": [round(float(v), 7) for v in sums.null[i]],
+        }
+        for i, s in enumerate(sets)
+    ]
+
+
+def pair_sums_from_result(result: dict, ids: Sequence[str]) -> PairSums:
+    """Rebuild the centered per-set sums of a ``coherence.json`` for the sets ``ids``, in that order."""
+    by_id = {row["id"]: row for row in result["sets"]}
+    rows = [by_id[i] for i in ids]
+    tensor = lambda key: torch.tensor([row[key] for row in rows], dtype=torch.float64)
+    return PairSums(tensor("within_centered_sum"), tensor("n_within"), tensor("null_centered_sum"), tensor("n_null"))
 
 
 def output_metrics(logprobs, structure, answer_tokens) -> dict:

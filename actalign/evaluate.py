@@ -7,7 +7,10 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from actalign.coherence import analyze, load_coherence, save_coherence
+import torch
+
+from actalign.coherence import analyze, load_coherence, pair_sums_from_result, save_coherence
+from actalign.metrics import paired_gap_delta_ci
 from actalign.models import LoadedModel
 from actalign.retention import bundled_text, perplexity
 from actalign.variants import VariantSet
@@ -50,6 +53,12 @@ def compare_results(before: dict, after: dict) -> dict:
         row["gap_cis_separate"] = a["gap_ci"][0] > b["gap_ci"][1] or a["gap_ci"][1] < b["gap_ci"][0]
         layers.append(row)
     result = {"layers": layers, "n_layers_gap_up_separated": sum(r["gap_cis_separate"] and r["gap_delta"] > 0 for r in layers)}
+    paired = paired_delta_ci(before, after)
+    if paired is not None:
+        for row, ci in zip(layers, paired.tolist()):
+            row["gap_delta_ci"] = ci
+        result["n_layers_gap_delta_ci_above_zero"] = sum(row["gap_delta_ci"][0] > 0 for row in layers)
+        result["n_layers_gap_delta_ci_below_zero"] = sum(row["gap_delta_ci"][1] < 0 for row in layers)
     out_b, out_a = before.get("output", {}), after.get("output", {})
     result["output"] = {f"{k}_delta": out_a[k] - out_b[k] for k in OUTPUT_FIELDS if k in out_b and k in out_a}
     result["output"].update({f"{k}_before": out_b[k] for k in OUTPUT_FIELDS if k in out_b})
@@ -58,6 +67,21 @@ def compare_results(before: dict, after: dict) -> dict:
         ppl_b, ppl_a = before["retention"]["perplexity"], after["retention"]["perplexity"]
         result["retention"] = {"perplexity_before": ppl_b, "perplexity_after": ppl_a, "perplexity_change": ppl_a / ppl_b - 1}
     return result
+
+
+def paired_delta_ci(before: dict, after: dict, n_boot: int = 1000, seed: int = 0):
+    """Paired bootstrap CI of the per-layer gap change over the sets both results share (None when
+    either result lacks per-set sums or their null draws differ)."""
+    if "sets" not in before or "sets" not in after:
+        return None
+    ids_after = {row["id"] for row in after["sets"]}
+    ids = [row["id"] for row in before["sets"] if row["id"] in ids_after]
+    if len(ids) < 2:
+        return None
+    sums_before, sums_after = pair_sums_from_result(before, ids), pair_sums_from_result(after, ids)
+    if not torch.equal(sums_before.null_count, sums_after.null_count):
+        return None
+    return paired_gap_delta_ci(sums_before, sums_after, n_boot=n_boot, seed=seed)
 
 
 def save_compare(before_path: str | Path, after_path: str | Path, out_dir: str | Path) -> dict:
@@ -88,7 +112,11 @@ def summary_lines(result: dict) -> list[str]:
             before = sum(r["gap_before"] for r in rows) / len(rows)
             after = sum(r["gap_after"] for r in rows) / len(rows)
             separated = sum(r["gap_cis_separate"] and r["gap_delta"] > 0 for r in rows)
-            lines.append(f"{name} layers: held-out gap {before:.3f} -> {after:.3f} (CIs separate upward at {separated}/{len(rows)} layers)")
+            text = f"{name} layers: held-out gap {before:.3f} -> {after:.3f} (CIs separate upward at {separated}/{len(rows)} layers"
+            if "gap_delta_ci" in rows[0]:
+                up = sum(r["gap_delta_ci"][0] > 0 for r in rows)
+                text += f"; paired 95% CI of the change above 0 at {up}/{len(rows)}"
+            lines.append(text + ")")
     out = result.get("output", {})
     if "top1_agreement_delta" in out:
         lines.append(f"top-1 agreement {out['top1_agreement_before']:.3f} -> {out['top1_agreement_after']:.3f}; "

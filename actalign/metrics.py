@@ -141,19 +141,37 @@ def cosine_pair_sums(acts: Float[Tensor, "prompt layer d"], structure: SetStruct
     return PairSums(within, structure.within_pairs.to(F64), null, null_count)
 
 
+def bootstrap_weights(n_sets: int, n_boot: int, seed: int) -> Float[Tensor, "boot set"]:
+    """How often each set is drawn in each of ``n_boot`` resamples with replacement (seeded)."""
+    draws = np.random.default_rng(seed).integers(0, n_sets, size=(n_boot, n_sets))
+    return torch.from_numpy(np.stack([np.bincount(row, minlength=n_sets) for row in draws])).to(F64)
+
+
+def _percentile_ci(samples: Tensor, level: float) -> Float[Tensor, "layer 2"]:
+    alpha = (1 - level) / 2
+    low, high = np.nanquantile(samples.numpy(), [alpha, 1 - alpha], axis=0)
+    return torch.from_numpy(np.stack([low, high], axis=-1))
+
+
 def bootstrap_gap_ci(
     sums: PairSums, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> Float[Tensor, "layer 2"]:
     """Percentile bootstrap CI of (within mean - null mean), resampling sets with replacement."""
-    n_sets = sums.within.shape[0]
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_sets, size=(n_boot, n_sets))
-    counts = torch.from_numpy(np.stack([np.bincount(row, minlength=n_sets) for row in draws])).to(F64)
-    within, null = sums.means(counts)
-    gaps = (within - null).numpy()
-    alpha = (1 - level) / 2
-    low, high = np.nanquantile(gaps, [alpha, 1 - alpha], axis=0)
-    return torch.from_numpy(np.stack([low, high], axis=-1))
+    within, null = sums.means(bootstrap_weights(sums.within.shape[0], n_boot, seed))
+    return _percentile_ci(within - null, level)
+
+
+def paired_gap_delta_ci(
+    before: PairSums, after: PairSums, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> Float[Tensor, "layer 2"]:
+    """Percentile CI of gap(after) - gap(before) for the same sets, resampled together (paired), so
+    that set-to-set variation common to both runs cancels."""
+    if before.within.shape != after.within.shape:
+        raise ValueError("paired comparison needs the same sets and layers in both results")
+    weights = bootstrap_weights(before.within.shape[0], n_boot, seed)
+    within_b, null_b = before.means(weights)
+    within_a, null_a = after.means(weights)
+    return _percentile_ci((within_a - null_a) - (within_b - null_b), level)
 
 
 # ----------------------------------------------------------------------------- CKA

@@ -55,3 +55,26 @@ def test_unknown_model_is_a_clear_error(tmp_path, capsys):
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "actalign", "--help"], capture_output=True, text=True, check=True).stdout
     assert "analyze" in out
+
+
+def test_compare_reports_paired_delta_from_per_set_sums(tmp_path):
+    from actalign.coherence import coherence_from_capture, pair_sums_from_result
+    from actalign.capture import Capture
+    from actalign.evaluate import compare_results
+    import torch
+
+    sets = load_bundled()[:40]
+    g = torch.Generator().manual_seed(0)
+    index = torch.tensor([i for i, s in enumerate(sets) for _ in s.variants])
+    centres = torch.randn(len(sets), 3, 16, generator=g)[index]
+    noisy = centres + torch.randn(len(index), 3, 16, generator=g)
+    names = ["a", "b", "c"]
+    before = coherence_from_capture(Capture(noisy, index, names), sets, n_boot=200)
+    after = coherence_from_capture(Capture(noisy + 0.5 * (centres - noisy), index, names), sets, n_boot=200)
+    assert len(before["sets"]) == 40 and len(before["sets"][0]["within_centered_sum"]) == 3
+    sums = pair_sums_from_result(before, [s.id for s in sets])
+    within, null = sums.means()
+    assert [round(float(w - n), 6) for w, n in zip(within, null)] == [round(l["gap"], 6) for l in before["layers"]]
+    comparison = compare_results(before, after)
+    assert comparison["n_layers_gap_delta_ci_above_zero"] == 3
+    assert all(row["gap_delta_ci"][0] > 0 for row in comparison["layers"])

@@ -25,3 +25,18 @@ def test_bundled_sets_are_coherent_at_middle_layers(smollm2):
     assert all(layer["cosine_null"] > 0.3 for layer in middle)
     assert all(abs(layer["cosine_centered_null"]) < 0.2 for layer in middle)
     assert result["output"]["top1_agreement"] > result["output"]["top1_agreement_null"]
+
+
+def test_short_alignment_run_on_smollm2(tmp_path):
+    from actalign.train import TrainConfig, train
+
+    cfg = TrainConfig(model="smollm2-135m", out=str(tmp_path / "run"), steps=3, sets_per_step=2, variants_per_set=3,
+                      retention_batch=2, checkpoint_every=3, trainable="last:2")
+    result = train(cfg, progress=False)  # its own copy: the session fixture must stay untrained
+    assert [entry["step"] for entry in result.log] == [0, 1, 2]
+    assert all(entry["anchor_kl"] >= 0 and 0 < entry["lm"] < 10 for entry in result.log)
+    assert result.log[0]["anchor_kl"] < 1e-3  # step 0 runs the original weights: the anchor starts at ~0
+    from actalign.models import load_model
+
+    reloaded = load_model(str(tmp_path / "run" / "checkpoint"))
+    assert reloaded.n_layers == 30

@@ -214,3 +214,18 @@ def test_output_metrics_reference_values():
     # candidates {0, 2}: prompts pick 0, 0, 2, 2 -> all correct; pairs agree in both sets
     assert metrics["answer_accuracy"] == pytest.approx(1.0)
     assert metrics["answer_agreement"] == pytest.approx(1.0)
+
+
+def test_paired_delta_ci_positive_for_an_improvement_and_zero_for_no_change():
+    from actalign.metrics import paired_gap_delta_ci
+
+    acts, set_index, families = clustered(n_sets=30, noise=1.0, seed=2)
+    structure = make_structure(set_index, [f"f{s % 5}" for s in range(30)])
+    g = torch.Generator().manual_seed(3)
+    centres = torch.stack([acts[set_index == s].mean(0) for s in range(30)])[set_index]
+    improved = acts + 0.25 * (centres - acts) + 1e-3 * torch.randn(acts.shape, generator=g, dtype=F64)  # each variant moves toward its set
+    before, after = cosine_pair_sums(center(acts), structure), cosine_pair_sums(center(improved), structure)
+    delta = paired_gap_delta_ci(before, after, n_boot=500)
+    assert bool((delta[:, 0] > 0).all())
+    same = paired_gap_delta_ci(before, before, n_boot=200)
+    assert torch.allclose(same, torch.zeros_like(same))
