@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("after")
     compare.add_argument("--out", required=True)
     compare.set_defaults(func=run_compare)
+
+    from actalign.generate import add_generate_parser
+
+    add_generate_parser(sub)
     return parser
 
 

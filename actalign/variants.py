@@ -12,10 +12,11 @@ import random
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 BUNDLED_FILE = "paraphrases.jsonl"
 ALLOWED_KEYS = {"id", "family", "variants", "answer"}
+T = TypeVar("T")
 
 
 class VariantFileError(ValueError):
@@ -77,12 +78,13 @@ def parse_record(record: object, where: str) -> VariantSet:
     return VariantSet(record["id"], record["family"], tuple(record["variants"]), record.get("answer"))
 
 
-def load_variant_sets(path: str | Path) -> list[VariantSet]:
-    """Read and validate a variant-set JSONL file (blank lines are skipped)."""
+def read_records(path: str | Path, parse: Callable[[object, str], T], what: str = "variant sets") -> list[T]:
+    """Read a JSONL file of records with unique ``id``s; ``parse(record, "file:line")`` validates one.
+    Blank lines are skipped; every error names the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise VariantFileError(f"{path}: no such file; pass a variant-set JSONL file (see README)")
-    sets: list[VariantSet] = []
+        raise VariantFileError(f"{path}: no such file; pass a JSONL file of {what} (see README)")
+    items: list[T] = []
     seen: dict[str, int] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -92,14 +94,19 @@ def load_variant_sets(path: str | Path) -> list[VariantSet]:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise VariantFileError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
-        variant_set = parse_record(record, where)
-        if variant_set.id in seen:
-            raise VariantFileError(f"{where}: duplicate id {variant_set.id!r} (first on line {seen[variant_set.id]})")
-        seen[variant_set.id] = number
-        sets.append(variant_set)
-    if not sets:
-        raise VariantFileError(f"{path}: contains no variant sets")
-    return sets
+        item = parse(record, where)
+        if item.id in seen:
+            raise VariantFileError(f"{where}: duplicate id {item.id!r} (first on line {seen[item.id]})")
+        seen[item.id] = number
+        items.append(item)
+    if not items:
+        raise VariantFileError(f"{path}: contains no {what}")
+    return items
+
+
+def load_variant_sets(path: str | Path) -> list[VariantSet]:
+    """Read and validate a variant-set JSONL file (blank lines are skipped)."""
+    return read_records(path, parse_record, "variant sets")
 
 
 def save_variant_sets(sets: Iterable[VariantSet], path: str | Path) -> None:
