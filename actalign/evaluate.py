@@ -95,7 +95,7 @@ def save_compare(before_path: str | Path, after_path: str | Path, out_dir: str |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(result, indent=2))
-    fig = plot_compare(before, after)
+    fig = plot_compare(before, after, comparison=result)
     fig.savefig(out / "compare.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     return result
