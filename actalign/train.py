@@ -54,7 +54,7 @@ class TrainConfig:
     sets_per_step: int = 4
     variants_per_set: int = 4
     grad_accum: int = 1
-    lr: float = 3e-5
+    lr: float = 1e-4
     weight_decay: float = 0.0
     warmup_steps: int = 5
     min_lr_ratio: float = 0.1
@@ -63,7 +63,7 @@ class TrainConfig:
     hook: str = "resid_post"
     pool: str = "last"  # last | mean | suffix
     chat: bool = False
-    loss_weights: dict = field(default_factory=lambda: {"cosine": 1.0, "output_kl": 0.5, "anchor_kl": 1.0, "lm": 1.0})
+    loss_weights: dict = field(default_factory=lambda: {"cosine": 2.0, "output_kl": 1.0, "anchor_kl": 1.0, "lm": 1.0})
     output_kind: str = "sym_kl"  # sym_kl | js
     skip_embedding: bool = True
     retention_seq_len: int = 48
