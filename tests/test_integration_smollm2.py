@@ -34,8 +34,10 @@ def test_short_alignment_run_on_smollm2(tmp_path):
                       retention_batch=2, checkpoint_every=3, trainable="last:2")
     result = train(cfg, progress=False)  # its own copy: the session fixture must stay untrained
     assert [entry["step"] for entry in result.log] == [0, 1, 2]
-    assert all(entry["anchor_kl"] >= 0 and 0 < entry["lm"] < 10 for entry in result.log)
-    assert result.log[0]["anchor_kl"] < 1e-3  # step 0 runs the original weights: the anchor starts at ~0
+    for entry in result.log:
+        assert entry["anchor_kl"] > -1e-6, entry  # a KL: non-negative up to float rounding
+        assert 0 < entry["lm"] < 10, entry
+    assert abs(result.log[0]["anchor_kl"]) < 1e-3  # step 0 runs the original weights: the anchor starts at ~0
     from actalign.models import load_model
 
     reloaded = load_model(str(tmp_path / "run" / "checkpoint"))
