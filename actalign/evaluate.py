@@ -19,21 +19,11 @@ DELTA_FIELDS = ("gap", "cosine_centered", "cosine_centered_null", "cosine", "cos
 OUTPUT_FIELDS = ("top1_agreement", "top1_agreement_null", "sym_kl", "sym_kl_null", "answer_accuracy", "answer_agreement")
 
 
-def evaluate(
-    model: LoadedModel,
-    sets: Sequence[VariantSet],
-    out_dir: str | Path,
-    hook: str = "resid_post",
-    pool: str = "last",
-    chat: bool = False,
-    batch_size: int = 16,
-    seed: int = 0,
-    n_boot: int = 1000,
-    label: str | None = None,
-) -> dict:
-    """Coherence of ``sets`` plus held-out retention perplexity, saved as ``out_dir/coherence.json``."""
+def evaluate(model: LoadedModel, sets: Sequence[VariantSet], out_dir: str | Path, label: str | None = None, **analyze_kwargs) -> dict:
+    """Coherence of ``sets`` (``analyze_kwargs``: hook, pool, chat, batch_size, seed, n_boot as for
+    ``analyze``) plus held-out retention perplexity, saved as ``out_dir/coherence.json``."""
     model.hf_model.eval()
-    result = analyze(model, sets, hook=hook, pool=pool, chat=chat, batch_size=batch_size, seed=seed, n_boot=n_boot, progress=False)
+    result = analyze(model, sets, progress=False, **analyze_kwargs)
     result["retention"] = {"perplexity": perplexity(model, bundled_text("heldout")), "corpus": "retention_heldout.txt"}
     save_coherence(result, out_dir, title=label)
     return result
