@@ -118,12 +118,11 @@ def train_config(args: argparse.Namespace):
 def run_train(args: argparse.Namespace) -> int:
     from actalign.evaluate import evaluate, save_compare, summary_lines
     from actalign.models import load_model
-    from actalign.train import split_sets, train
+    from actalign.train import check_out_folder, split_sets, train
 
     cfg = train_config(args)
     out = Path(cfg.out)
-    if not args.resume and (out / "checkpoint").exists():
-        raise ValueError(f"{out / 'checkpoint'} exists; pass --resume to continue it, or choose another --out")
+    check_out_folder(out, args.resume)  # before the costly evaluation of the original model
     eval_args = dict(hook=cfg.hook, pool="last" if cfg.pool == "suffix" else cfg.pool, chat=cfg.chat,
                      batch_size=cfg.eval_batch_size, seed=cfg.seed, n_boot=cfg.n_boot)
     model = None

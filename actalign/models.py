@@ -237,7 +237,8 @@ def build_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerBase:
 
     from actalign.variants import load_bundled
 
-    texts = [v for s in load_bundled() for v in s.variants] + [s.answer for s in load_bundled() if s.answer]
+    sets = load_bundled()
+    texts = [v for s in sets for v in s.variants] + [s.answer for s in sets if s.answer]
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()

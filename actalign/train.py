@@ -301,6 +301,12 @@ def save_checkpoint(model: LoadedModel, out: Path, state: dict) -> Path:
     return final
 
 
+def check_out_folder(out: Path, resume: bool) -> None:
+    """Refuse to start a new run over an existing checkpoint (it would be overwritten)."""
+    if not resume and (out / "checkpoint").exists():
+        raise ValueError(f"{out / 'checkpoint'} exists; pass --resume to continue it, or choose another --out")
+
+
 def find_checkpoint(out: Path) -> Path | None:
     """The resumable checkpoint in ``out`` (recovering from a stop between the two renames)."""
     final, old = out / "checkpoint", out / ".checkpoint-old"
@@ -376,9 +382,8 @@ def train(
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
+    check_out_folder(out, resume)
     checkpoint = find_checkpoint(out) if resume else None
-    if not resume and (out / "checkpoint").exists():
-        raise ValueError(f"{out / 'checkpoint'} exists; pass --resume to continue it, or choose another --out")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     if checkpoint:
         model = load_checkpoint_model(checkpoint)
