@@ -179,7 +179,7 @@ def capture_positions(
 
             return keep_tail
 
-        model.bridge.run_with_hooks(ids, attention_mask=mask, fwd_hooks=[(n, make_hook(i)) for i, n in enumerate(names)], return_type=None)
+        model.bridge.run_with_hooks(ids.to(model.device), attention_mask=mask.to(model.device), fwd_hooks=[(n, make_hook(i)) for i, n in enumerate(names)], return_type=None)
         tail = torch.stack([slots[i] for i in range(len(names))], dim=2)  # [batch, pos, layer, d]
         acts[start : start + len(batch)] = tail.flip(1)
         valid[start : start + len(batch)] = mask[:, -n_positions:].flip(1)

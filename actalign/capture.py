@@ -124,12 +124,14 @@ def pooled_forward(
     weights: Float[Tensor, "batch pos"],
     names: Sequence[str],
     logits: str | None = "all",
+    runner: torch.nn.Module | None = None,
 ) -> tuple[Float[Tensor, "batch layer d_model"], Float[Tensor, "batch pos vocab"] | None]:
-    """One forward pass; returns pooled activations at ``names`` and the logits: at every position
-    (``"all"``), only at the final position (``"last"``: needs left padding, skips the vocabulary
-    projection elsewhere), or none.
+    """One forward pass; returns pooled activations at ``names`` (float32) and the logits: at every
+    position (``"all"``), only at the final position (``"last"``: needs left padding, skips the
+    vocabulary projection elsewhere), or none.
 
-    Differentiable when grad is enabled: hooks pool the live tensors and never detach.
+    Differentiable when grad is enabled: hooks pool the live tensors and never detach. ``runner``:
+    the module to call instead of ``model.bridge`` (the DDP-wrapped bridge in multi-process training).
     """
     if logits not in ("all", "last", None):
         raise ValueError(f"logits must be 'all', 'last' or None, got {logits!r}")
@@ -138,23 +140,22 @@ def pooled_forward(
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("logits='last' needs left padding (every row's last token real)")
         extra["logits_to_keep"] = 1
+    device = model.device
+    weights = weights.to(device=device, dtype=torch.float32)
     pooled: dict[int, Tensor] = {}
 
     def make_hook(slot: int):
         def hook(activation: Tensor, hook) -> Tensor:
-            pooled[slot] = einops.einsum(activation, weights.to(activation.dtype), "b p d, b p -> b d")
+            with torch.autocast(device.type, enabled=False):  # pool in float32 under bfloat16 autocast
+                pooled[slot] = einops.einsum(activation.float(), weights, "b p d, b p -> b d")
             return activation
 
         return hook
 
-    fwd_hooks = [(name, make_hook(slot)) for slot, name in enumerate(names)]
-    output = model.bridge.run_with_hooks(
-        input_ids.to(model.bridge.cfg.device),
-        attention_mask=attention_mask.to(model.bridge.cfg.device),
-        fwd_hooks=fwd_hooks,
-        return_type="logits" if logits else None,
-        **extra,
-    )
+    with model.bridge.hooks(fwd_hooks=[(name, make_hook(slot)) for slot, name in enumerate(names)]):
+        output = (runner or model.bridge)(
+            input_ids.to(device), attention_mask=attention_mask.to(device), return_type="logits" if logits else None, **extra
+        )
     missing = [names[i] for i in range(len(names)) if i not in pooled]
     if missing:
         raise RuntimeError(f"hooks never fired for {missing}; this model does not expose them")

@@ -8,11 +8,13 @@ from pathlib import Path
 
 from actalign.capture import HOOK_POINTS
 from actalign.models import DEFAULT_MODEL
+from actalign.runtime import DEVICES, DTYPES
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="smollm2-135m (default), tiny, a local HF folder, or a hub name")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="auto (cuda, else mps, else cpu; the default), cpu, cuda or mps")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights' dtype (statistics stay float64)")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass")
     parser.add_argument("--seed", type=int, default=0, help="seed for null pairs, bootstrap and splits")
 
@@ -55,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--loss", default=None, help="loss weights, e.g. 'cosine=1,output_kl=0.5,anchor_kl=1,lm=1'")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    train.add_argument("--device", default=None, choices=DEVICES, help="auto (default: cuda, else mps, else cpu), cpu, cuda or mps")
+    train.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="float32 (default) or bfloat16 (autocast mixed precision)")
+    train.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute block activations in backward (less memory, more time)")
+    train.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation (training only)")
     train.set_defaults(func=run_train)
 
     compare = sub.add_parser("compare", help="before vs after per layer from two coherence.json files")
@@ -82,7 +88,9 @@ def run_analyze(args: argparse.Namespace) -> int:
 
     path = _variants_path(args.variants)
     sets = load_variant_sets(path)
-    model = load_model(args.model, device=args.device)
+    from actalign.runtime import resolve_device, resolve_dtype
+
+    model = load_model(args.model, device=resolve_device(args.device), dtype=resolve_dtype(args.dtype))
     result = analyze(
         model, sets, hook=args.hook, pool=args.pool, chat=args.chat, batch_size=args.batch_size, seed=args.seed, n_boot=args.n_boot
     )
@@ -108,7 +116,8 @@ def train_config(args: argparse.Namespace):
     from actalign.train import TrainConfig
 
     flags = ("model", "variants", "eval_variants", "out", "steps", "lr", "trainable", "pool", "hook", "chat",
-             "sets_per_step", "variants_per_set", "grad_accum", "checkpoint_every", "eval_every", "seed")
+             "sets_per_step", "variants_per_set", "grad_accum", "checkpoint_every", "eval_every", "seed",
+             "device", "dtype", "gradient_checkpointing")
     overrides = {f: getattr(args, f) for f in flags if getattr(args, f) is not None}
     if args.loss:
         overrides["loss_weights"] = parse_loss_weights(args.loss)
@@ -116,23 +125,34 @@ def train_config(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Train (every process under a launcher); the main process evaluates before and after."""
     from actalign.evaluate import evaluate, save_compare, summary_lines
     from actalign.models import load_model
+    from actalign.runtime import Runtime
     from actalign.train import check_out_folder, split_sets, train
 
     cfg = train_config(args)
     out = Path(cfg.out)
     check_out_folder(out, args.resume)  # before the costly evaluation of the original model
+    runtime = Runtime.create(cfg.device, cfg.dtype)
     eval_args = dict(hook=cfg.hook, pool="last" if cfg.pool == "suffix" else cfg.pool, chat=cfg.chat,
                      batch_size=cfg.eval_batch_size, seed=cfg.seed, n_boot=cfg.n_boot)
+    evaluating = runtime.is_main and not args.no_eval
     model = None
     before = out / "before" / "coherence.json"
-    if not (args.resume and before.is_file()):
-        model = load_model(cfg.model)
+    if evaluating and not (args.resume and before.is_file()):
+        model = load_model(cfg.model, device=str(runtime.device))
         eval_sets = split_sets(cfg)[1]
         print(f"evaluating the original model on {len(eval_sets)} held-out sets", flush=True)
         evaluate(model, eval_sets, before.parent, label=f"{cfg.model} before alignment", **eval_args)
-    result = train(cfg, resume=args.resume, model=model)
+    runtime.wait()
+    result = train(cfg, resume=args.resume, model=model, runtime=runtime)
+    if runtime.world > 1:
+        print(f"process {runtime.rank}/{runtime.world} done", flush=True)
+    if not evaluating:
+        if runtime.is_main:
+            print(f"wrote {out}/checkpoint and train_log.jsonl")
+        return 0
     print("evaluating the trained model", flush=True)
     evaluate(result.model, result.data.eval_sets, out / "after", label=f"{cfg.model} after {cfg.steps} alignment steps", **eval_args)
     comparison = save_compare(before, out / "after" / "coherence.json", out)

@@ -44,7 +44,12 @@ class RunningMean(torch.nn.Module):
 
     @torch.no_grad()
     def update(self, acts: Float[Tensor, "prompt layer d"]) -> Float[Tensor, "layer d"]:
-        batch_mean = acts.detach().float().mean(0)
+        return self.update_with_mean(acts.detach().float().mean(0))
+
+    @torch.no_grad()
+    def update_with_mean(self, batch_mean: Float[Tensor, "layer d"]) -> Float[Tensor, "layer d"]:
+        """Fold in the mean pooled vector of a batch (in multi-process training: of the global batch)."""
+        batch_mean = batch_mean.to(self.mean)
         if not bool(self.initialised):
             self.mean.copy_(batch_mean)
             self.initialised.fill_(True)
@@ -71,12 +76,14 @@ def l2_stopgrad_loss(
     set_index: Int[Tensor, "prompt"],
     layer_weights: Float[Tensor, "layer"],
     canonical: Int[Tensor, "set"] | None = None,
+    scale: Float[Tensor, "layer"] | None = None,
 ) -> Tensor:
     """Squared L2 to a stop-gradient target (set centroid, or the prompt ``canonical[s]`` of each set),
-    divided by the mean squared residual norm at that layer (detached) so one weight fits all models."""
+    divided by ``scale``: by default the batch's mean squared residual norm per layer (detached), so one
+    weight fits all models."""
     x = acts.float()
     target = (x[canonical] if canonical is not None else set_centroids(x, set_index)).detach()[set_index]
-    scale = x.detach().pow(2).sum(-1).mean(0).clamp_min(1e-12)
+    scale = (x.detach().pow(2).sum(-1).mean(0) if scale is None else scale.to(x)).clamp_min(1e-12)
     per_layer = (x - target).pow(2).sum(-1).mean(0) / scale
     return (per_layer * layer_weights.to(per_layer)).sum()
 

@@ -52,6 +52,11 @@ class LoadedModel:
         return int(self.bridge.cfg.d_model)
 
     @property
+    def device(self) -> torch.device:
+        """Where the weights live (inputs are moved here)."""
+        return next(self.hf_model.parameters()).device
+
+    @property
     def hf_model(self) -> torch.nn.Module:
         """The wrapped Hugging Face model (shares parameters with ``bridge``)."""
         return self.bridge.original_model

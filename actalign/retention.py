@@ -46,7 +46,7 @@ def perplexity(model: LoadedModel, text: str, seq_len: int = 64, batch_size: int
     chunks = token_chunks(model, text, seq_len)[:max_chunks]
     total_nll, total_tokens = 0.0, 0
     for i in range(0, len(chunks), batch_size):
-        ids, mask = batch_chunks(model, chunks[i : i + batch_size])
+        ids, mask = (t.to(model.device) for t in batch_chunks(model, chunks[i : i + batch_size]))
         logits = model.bridge(ids, attention_mask=mask)
         n_targets = int(mask[:, 1:].sum())
         total_nll += float(lm_loss(logits, ids, mask)) * n_targets

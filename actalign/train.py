@@ -14,6 +14,7 @@ the original model), ``config.json``, and ``before/`` / ``after/`` evaluations o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -31,6 +32,7 @@ from actalign import losses
 from actalign.capture import hook_names, pad_batch, pool_weights, pooled_forward, tokenize
 from actalign.models import LoadedModel, load_model
 from actalign.retention import batch_chunks, bundled_text, token_chunks
+from actalign.runtime import DEVICES, Runtime, resolve_dtype, shard
 from actalign.variants import VariantSet, bundled_path, flatten, load_variant_sets, split_by_family
 
 REPRESENTATION_LOSSES = ("cosine", "l2_stopgrad", "cka")
@@ -75,6 +77,9 @@ class TrainConfig:
     checkpoint_every: int = 20
     eval_batch_size: int = 16
     n_boot: int = 1000
+    device: str = "auto"  # auto | cpu | cuda | mps (under a launcher: each process's own device)
+    dtype: str = "float32"  # float32 | bfloat16 (autocast mixed precision, float32 master weights)
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.loss_weights) - set(LOSS_NAMES)
@@ -86,6 +91,9 @@ class TrainConfig:
             raise ValueError(f"trainable must be 'all' or 'last:K', got {self.trainable!r}")
         if self.variants_per_set < 2:
             raise ValueError("variants_per_set must be at least 2 (alignment compares variants)")
+        resolve_dtype(self.dtype)
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
@@ -155,6 +163,49 @@ def plan_micro_batch(cfg: TrainConfig, data: TrainData, step: int, micro: int) -
     return MicroBatch(set_ids, variant_ids, chunk_ids)
 
 
+@dataclass
+class Shard:
+    """One process's part of a micro-batch: whole sets and whole text chunks, plus the micro-batch's
+    global unit counts. Each loss term of a shard is (its sum over local units) / (global count), so
+    the shards' terms add up to the single-process loss exactly, whatever the number of processes."""
+
+    set_ids: list[int]
+    variant_ids: list[list[int]]
+    chunk_ids: list[int]
+    n_prompts: int  # prompts in the whole micro-batch (cosine, l2, prompt anchor)
+    n_pairs: int  # within-set prompt pairs in the whole micro-batch (output_kl)
+    n_text_tokens: int  # retention tokens in the whole micro-batch (text anchor)
+    n_targets: int  # next-token targets in the whole micro-batch (lm)
+
+
+def shard_micro_batch(plan: MicroBatch, data: TrainData, rank: int = 0, world: int = 1) -> Shard:
+    """Rank ``rank``'s sets and chunks of ``plan`` (round robin; a set never splits across processes)."""
+    local_sets = shard(list(zip(plan.set_ids, plan.variant_ids)), rank, world)
+    lengths = [len(data.chunks[c]) for c in plan.chunk_ids]
+    return Shard(
+        set_ids=[s for s, _ in local_sets],
+        variant_ids=[v for _, v in local_sets],
+        chunk_ids=shard(plan.chunk_ids, rank, world),
+        n_prompts=sum(len(v) for v in plan.variant_ids),
+        n_pairs=sum(len(v) * (len(v) - 1) // 2 for v in plan.variant_ids),
+        n_text_tokens=sum(lengths),
+        n_targets=sum(n - 1 for n in lengths),
+    )
+
+
+def check_world_size(cfg: TrainConfig, data: TrainData, world: int) -> None:
+    """Every process needs at least one set (and one text chunk) per micro-batch."""
+    if world == 1:
+        return
+    n_sets = min(cfg.sets_per_step, len(data.train_sets))
+    if n_sets < world:
+        raise ValueError(f"{world} processes but only {n_sets} variant sets per micro-batch; raise --sets-per-step to at least {world}")
+    if text_losses_needed(cfg) and min(cfg.retention_batch, len(data.chunks)) < world:
+        raise ValueError(f"{world} processes but retention_batch={cfg.retention_batch}; set it to at least {world}")
+    if cfg.loss_weights.get("cka"):
+        raise ValueError("the cka loss compares sets across the whole batch and is single-process only; use cosine or l2_stopgrad with several processes")
+
+
 def shared_suffix_len(rows: list[list[int]]) -> int:
     """Number of trailing tokens shared by all rows."""
     n = 0
@@ -167,29 +218,41 @@ def shared_suffix_len(rows: list[list[int]]) -> int:
 
 
 @torch.no_grad()
-def compute_reference(model: LoadedModel, cfg: TrainConfig, data: TrainData) -> dict:
+def compute_reference(model: LoadedModel, cfg: TrainConfig, data: TrainData, runtime: Runtime | None = None) -> dict:
     """Top-k next-token distributions of the original model, once, for every prompt and every
-    retention chunk the run's schedule will use."""
+    retention chunk the run's schedule will use. With several processes each computes a share and
+    all get the whole cache (so a resume may use any number of processes)."""
+    rank, world = (runtime.rank, runtime.world) if runtime else (0, 1)
     plans = [plan_micro_batch(cfg, data, step, micro) for step in range(cfg.steps) for micro in range(cfg.grad_accum)]
-    prompt_ids = sorted({data.prompt_offset[s] + v for p in plans for s, vs in zip(p.set_ids, p.variant_ids) for v in vs})
-    chunk_ids = sorted({c for p in plans for c in p.chunk_ids})
+    prompt_ids = shard(sorted({data.prompt_offset[s] + v for p in plans for s, vs in zip(p.set_ids, p.variant_ids) for v in vs}), rank, world)
+    chunk_ids = shard(sorted({c for p in plans for c in p.chunk_ids}), rank, world)
     flat_tokens = [row for rows in data.set_tokens for row in rows]
     names = hook_names(model.n_layers, cfg.hook)[-1:]
+    autocast = runtime.autocast() if runtime else contextlib.nullcontext()
     reference = {"prompt": {}, "chunk": {}}
-    for i in tqdm(range(0, len(prompt_ids), 32), desc="reference prompts", leave=False):
+    quiet = runtime is not None and not runtime.is_main
+    for i in tqdm(range(0, len(prompt_ids), 32), desc="reference prompts", leave=False, disable=quiet):
         batch = prompt_ids[i : i + 32]
         ids, mask = pad_batch([flat_tokens[p] for p in batch], model.tokenizer.pad_token_id, "left")
-        _, logits = pooled_forward(model, ids, mask, pool_weights(mask, "last"), names, logits="last")
+        with autocast:
+            _, logits = pooled_forward(model, ids, mask, pool_weights(mask, "last"), names, logits="last")
         idx, logp = losses.topk_reference(logits[:, -1], cfg.anchor_topk)
         for j, p in enumerate(batch):
-            reference["prompt"][p] = (idx[j].clone(), logp[j].clone())
-    for i in tqdm(range(0, len(chunk_ids), 16), desc="reference text", leave=False):
+            reference["prompt"][p] = (idx[j].cpu().clone(), logp[j].cpu().clone())
+    for i in tqdm(range(0, len(chunk_ids), 16), desc="reference text", leave=False, disable=quiet):
         batch = chunk_ids[i : i + 16]
-        ids, mask = batch_chunks(model, [data.chunks[c] for c in batch])
-        logits = model.bridge(ids, attention_mask=mask)
+        ids, mask = (t.to(model.device) for t in batch_chunks(model, [data.chunks[c] for c in batch]))
+        with autocast:
+            logits = model.bridge(ids, attention_mask=mask)
         for j, c in enumerate(batch):
             length = len(data.chunks[c])
-            reference["chunk"][c] = tuple(t.clone() for t in losses.topk_reference(logits[j, :length], cfg.anchor_topk))
+            reference["chunk"][c] = tuple(t.cpu().clone() for t in losses.topk_reference(logits[j, :length], cfg.anchor_topk))
+    if world > 1:
+        merged = {"prompt": {}, "chunk": {}}
+        for part in runtime.gather_objects(reference):
+            merged["prompt"].update(part["prompt"])
+            merged["chunk"].update(part["chunk"])
+        reference = merged
     return reference
 
 
@@ -237,13 +300,19 @@ def lr_lambda(cfg: TrainConfig):
 # ----------------------------------------------------------------------------- one step
 
 
-def micro_batch_losses(
-    model: LoadedModel, cfg: TrainConfig, data: TrainData, plan: MicroBatch, reference: dict, running: losses.RunningMean
+PROMPT_TERMS = ("cosine", "l2_stopgrad", "cka", "output_kl", "anchor_kl")  # anchor_kl: its prompt half
+TEXT_TERMS = ("lm", "anchor_kl")  # anchor_kl: its retention-text half
+
+
+def prompt_losses(
+    model: LoadedModel, cfg: TrainConfig, data: TrainData, part: Shard, reference: dict,
+    running: losses.RunningMean, runtime: Runtime | None = None, runner: torch.nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Every loss term with a non-zero weight for one micro-batch (graph attached)."""
-    weights = cfg.loss_weights
+    """The terms computed on the variant prompts of one shard (graph attached), each as this shard's
+    share of the micro-batch mean (see :class:`Shard`)."""
+    weights, device = cfg.loss_weights, model.device
     rows, set_index, prompt_ids, suffix = [], [], [], []
-    for local, (s, variant_ids) in enumerate(zip(plan.set_ids, plan.variant_ids)):
+    for local, (s, variant_ids) in enumerate(zip(part.set_ids, part.variant_ids)):
         set_rows = [data.set_tokens[s][v] for v in variant_ids]
         rows += set_rows
         set_index += [local] * len(set_rows)
@@ -252,34 +321,63 @@ def micro_batch_losses(
     ids, mask = pad_batch(rows, model.tokenizer.pad_token_id, "left")
     pool = pool_weights(mask, cfg.pool, torch.tensor(suffix) if cfg.pool == "suffix" else None)
     names = hook_names(model.n_layers, cfg.hook)
-    acts, logits = pooled_forward(model, ids, mask, pool, names, logits="last")
-    set_index_t = torch.tensor(set_index)
-    layer_weights = losses.default_layer_weights(len(names), cfg.skip_embedding)
+    with runtime.autocast() if runtime else contextlib.nullcontext():
+        acts, logits = pooled_forward(model, ids, mask, pool, names, logits="last", runner=runner)
+    set_index_t = torch.tensor(set_index, device=device)
+    layer_weights = losses.default_layer_weights(len(names), cfg.skip_embedding).to(device)
+    share = len(rows) / part.n_prompts  # this shard's fraction of the micro-batch's prompts
+    reduce = runtime.sum if runtime else (lambda t: t)
     terms: dict[str, torch.Tensor] = {}
     if weights.get("cosine"):
-        terms["cosine"] = losses.cosine_loss(acts, set_index_t, layer_weights, center=running.update(acts))
+        center = running.update_with_mean(reduce(acts.detach().sum(0)) / part.n_prompts)
+        terms["cosine"] = share * losses.cosine_loss(acts, set_index_t, layer_weights, center=center.to(device))
     if weights.get("l2_stopgrad"):
-        terms["l2_stopgrad"] = losses.l2_stopgrad_loss(acts, set_index_t, layer_weights)
+        scale = reduce(acts.detach().pow(2).sum(-1).sum(0)) / part.n_prompts
+        terms["l2_stopgrad"] = share * losses.l2_stopgrad_loss(acts, set_index_t, layer_weights, scale=scale)
     if weights.get("cka"):
-        terms["cka"] = losses.cka_loss(acts, set_index_t, layer_weights)
+        terms["cka"] = losses.cka_loss(acts, set_index_t, layer_weights)  # single process only (check_world_size)
     last_logits = logits[:, -1]
     if weights.get("output_kl"):
-        terms["output_kl"] = losses.output_consistency_loss(last_logits, set_index_t, cfg.output_kind)
+        n_pairs = sum(len(v) * (len(v) - 1) // 2 for v in part.variant_ids)
+        terms["output_kl"] = n_pairs / part.n_pairs * losses.output_consistency_loss(last_logits, set_index_t, cfg.output_kind)
     if weights.get("anchor_kl"):
-        ref_idx = torch.stack([reference["prompt"][p][0] for p in prompt_ids])
-        ref_logp = torch.stack([reference["prompt"][p][1] for p in prompt_ids])
-        prompt_anchor = losses.anchor_kl_loss(last_logits, ref_idx, ref_logp)
-    if weights.get("lm") or weights.get("anchor_kl"):
-        text_ids, text_mask = batch_chunks(model, [data.chunks[c] for c in plan.chunk_ids])
-        text_logits = model.bridge(text_ids, attention_mask=text_mask)
-        if weights.get("lm"):
-            terms["lm"] = losses.lm_loss(text_logits, text_ids, text_mask)
-        if weights.get("anchor_kl"):
-            keep = text_mask.bool()
-            ref_idx = torch.cat([reference["chunk"][c][0] for c in plan.chunk_ids])
-            ref_logp = torch.cat([reference["chunk"][c][1] for c in plan.chunk_ids])
-            text_anchor = losses.anchor_kl_loss(text_logits[keep], ref_idx, ref_logp)
-            terms["anchor_kl"] = prompt_anchor + text_anchor
+        ref_idx = torch.stack([reference["prompt"][p][0] for p in prompt_ids]).to(device)
+        ref_logp = torch.stack([reference["prompt"][p][1] for p in prompt_ids]).to(device)
+        terms["anchor_kl"] = share * losses.anchor_kl_loss(last_logits, ref_idx, ref_logp)
+    return terms
+
+
+def text_losses(
+    model: LoadedModel, cfg: TrainConfig, data: TrainData, part: Shard, reference: dict,
+    runtime: Runtime | None = None, runner: torch.nn.Module | None = None,
+) -> dict[str, torch.Tensor]:
+    """The terms computed on the retention-text chunks of one shard (LM loss, text half of the anchor)."""
+    weights = cfg.loss_weights
+    if not text_losses_needed(cfg):
+        return {}
+    text_ids, text_mask = (t.to(model.device) for t in batch_chunks(model, [data.chunks[c] for c in part.chunk_ids]))
+    with runtime.autocast() if runtime else contextlib.nullcontext():
+        text_logits = (runner or model.bridge)(text_ids, attention_mask=text_mask)
+    terms: dict[str, torch.Tensor] = {}
+    if weights.get("lm"):
+        n_targets = int(text_mask[:, 1:].sum())
+        terms["lm"] = n_targets / part.n_targets * losses.lm_loss(text_logits, text_ids, text_mask)
+    if weights.get("anchor_kl"):
+        keep = text_mask.bool()
+        ref_idx = torch.cat([reference["chunk"][c][0] for c in part.chunk_ids]).to(model.device)
+        ref_logp = torch.cat([reference["chunk"][c][1] for c in part.chunk_ids]).to(model.device)
+        terms["anchor_kl"] = int(keep.sum()) / part.n_text_tokens * losses.anchor_kl_loss(text_logits[keep], ref_idx, ref_logp)
+    return terms
+
+
+def micro_batch_losses(
+    model: LoadedModel, cfg: TrainConfig, data: TrainData, plan: MicroBatch, reference: dict, running: losses.RunningMean
+) -> dict[str, torch.Tensor]:
+    """Every loss term with a non-zero weight for one whole micro-batch in one process (graph attached)."""
+    part = shard_micro_batch(plan, data)
+    terms = prompt_losses(model, cfg, data, part, reference, running)
+    for name, value in text_losses(model, cfg, data, part, reference).items():
+        terms[name] = terms[name] + value if name in terms else value
     return terms
 
 
@@ -329,9 +427,9 @@ def load_trainer_state(folder: Path) -> dict:
         raise CheckpointError(f"{folder / 'trainer_state.pt'} is corrupt ({err.__class__.__name__}); delete {folder} and start over") from err
 
 
-def load_checkpoint_model(folder: Path) -> LoadedModel:
+def load_checkpoint_model(folder: Path, device: torch.device | str = "cpu") -> LoadedModel:
     try:
-        return load_model(str(folder))
+        return load_model(str(folder), device=str(device))
     except Exception as err:
         raise CheckpointError(f"{folder} holds a corrupt model ({err.__class__.__name__}: {err}); delete it and start over") from err
 
@@ -370,40 +468,48 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     model: LoadedModel | None = None,
+    runtime: Runtime | None = None,
 ) -> TrainResult:
     """Run (or resume) alignment training; returns the trained model and the log.
 
     ``model``: the already loaded original model (else ``cfg.model`` is loaded); ignored on resume,
     which loads the checkpoint. ``stop_after`` ends the loop after that many optimizer steps of this
-    call without a final checkpoint, as a kill would (used to test resume).
+    call without a final checkpoint, as a kill would (used to test resume). ``runtime``: this
+    process's :class:`Runtime` (created from ``cfg.device`` / ``cfg.dtype`` when not given); under
+    ``accelerate launch`` or ``torchrun`` every process calls ``train`` and only the main one writes.
     """
+    runtime = runtime or Runtime.create(cfg.device, cfg.dtype)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     check_out_folder(out, resume)
+    runtime.wait()  # every process checked before the main one writes anything
+    if runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            find_checkpoint(out)  # repairs a stop between the two renames of save_checkpoint
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    runtime.wait()
     checkpoint = find_checkpoint(out) if resume else None
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     if checkpoint:
-        model = load_checkpoint_model(checkpoint)
+        model = load_checkpoint_model(checkpoint, runtime.device)
     elif model is None:
-        model = load_model(cfg.model)
+        model = load_model(cfg.model, device=str(runtime.device))
+    else:
+        model.hf_model.to(runtime.device)
     data = prepare_data(model, cfg)
-    reference_path = out / "reference.pt"
-    if reference_path.is_file() and checkpoint:
-        reference = torch.load(reference_path, weights_only=False)
-    else:  # computed from the original model, never from a partly trained one
-        reference = compute_reference(load_model(cfg.model) if checkpoint else model, cfg, data)
-        torch.save(reference, reference_path)
+    check_world_size(cfg, data, runtime.world)
+    reference = load_or_compute_reference(out, cfg, data, model, checkpoint, runtime)
     params = select_trainable(model, cfg.trainable)
+    if cfg.gradient_checkpointing:
+        model.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    runner = runtime.accelerator.prepare(model.bridge)  # DDP-wrapped with several processes
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    names = hook_names(model.n_layers, cfg.hook)
-    running = losses.RunningMean(len(names), model.d_model)
-    start = 0
+    running = losses.RunningMean(len(hook_names(model.n_layers, cfg.hook)), model.d_model).to(runtime.device)
+    start, log = 0, []
     log_path = out / "train_log.jsonl"
-    log = []
     if checkpoint:
         state = load_trainer_state(checkpoint)
         optimizer.load_state_dict(state["optimizer"])
@@ -412,44 +518,88 @@ def train(
         set_rng_state(state["rng"])
         start = state["step"]
         log = read_log(log_path, start - 1)
-    log_path.write_text("".join(json.dumps(e) + "\n" for e in log))
+    if runtime.is_main:
+        log_path.write_text("".join(json.dumps(e) + "\n" for e in log))
     model.hf_model.train()
-    bar = tqdm(range(start, cfg.steps), desc="align", disable=not progress, initial=start, total=cfg.steps)
+    step_args = (model, cfg, data, reference, running, optimizer, scheduler, params, runtime, runner)
+    bar = tqdm(range(start, cfg.steps), desc="align", disable=not (progress and runtime.is_main), initial=start, total=cfg.steps)
     for step in bar:
-        entry = optimizer_step(model, cfg, data, reference, running, optimizer, scheduler, params, step)
+        entry = optimizer_step(*step_args, step)
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-            entry.update(quick_eval(model, cfg, data))
+            if runtime.is_main:
+                entry.update(quick_eval(model, cfg, data))
+            runtime.wait()
         log.append(entry)
-        with log_path.open("a") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        if runtime.is_main:
+            with log_path.open("a") as handle:
+                handle.write(json.dumps(entry) + "\n")
         bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k in LOSS_NAMES or k == "loss"})
         done = step + 1
         if stop_after is not None and done - start >= stop_after:
             break
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            state = {"step": done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "running_mean": running.state_dict(), "rng": rng_state(), "config": asdict(cfg)}
-            save_checkpoint(model, out, state)
+            if runtime.is_main:
+                state = {"step": done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "running_mean": running.state_dict(), "rng": rng_state(), "config": asdict(cfg)}
+                save_checkpoint(model, out, state)
+            runtime.wait()
     model.hf_model.eval()
+    if cfg.gradient_checkpointing:
+        model.hf_model.gradient_checkpointing_disable()
     return TrainResult(model, out, log, data)
 
 
-def optimizer_step(model, cfg, data, reference, running, optimizer, scheduler, params, step) -> dict:
+def load_or_compute_reference(out: Path, cfg: TrainConfig, data: TrainData, model: LoadedModel, checkpoint: Path | None, runtime: Runtime) -> dict:
+    """The cached reference of this run (on resume), else computed from the original model, never from
+    a partly trained one, and saved by the main process."""
+    reference_path = out / "reference.pt"
+    if reference_path.is_file() and checkpoint:
+        return torch.load(reference_path, weights_only=False)
+    original = load_model(cfg.model, device=str(runtime.device)) if checkpoint else model
+    reference = compute_reference(original, cfg, data, runtime)
+    if runtime.is_main:
+        torch.save(reference, reference_path)
+    runtime.wait()
+    return reference
+
+
+def optimizer_step(model, cfg, data, reference, running, optimizer, scheduler, params, runtime, runner, step) -> dict:
+    """One optimizer step over ``grad_accum`` micro-batches, each sharded over the processes.
+
+    Each process backpropagates its shards' terms (scaled by the number of processes, because DDP
+    averages gradients); gradients are synchronised once, on the step's last backward pass. The logged
+    terms are micro-batch means summed over processes, as in a single process.
+    """
     started = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    totals: dict[str, float] = {}
+    totals: dict[str, torch.Tensor] = {}
     for micro in range(cfg.grad_accum):
-        terms = micro_batch_losses(model, cfg, data, plan_micro_batch(cfg, data, step, micro), reference, running)
-        loss = sum(cfg.loss_weights[name] * value for name, value in terms.items()) / cfg.grad_accum
-        loss.backward()
-        for name, value in terms.items():
-            totals[name] = totals.get(name, 0.0) + float(value.detach()) / cfg.grad_accum
-        totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+        part = shard_micro_batch(plan_micro_batch(cfg, data, step, micro), data, runtime.rank, runtime.world)
+        graphs = [lambda: prompt_losses(model, cfg, data, part, reference, running, runtime, runner),
+                  lambda: text_losses(model, cfg, data, part, reference, runtime, runner)]
+        for i, compute in enumerate(graphs):
+            last_backward = micro == cfg.grad_accum - 1 and (i == 1 or not text_losses_needed(cfg))
+            with contextlib.nullcontext() if last_backward else runtime.accelerator.no_sync(runner):
+                terms = compute()
+                if not terms:
+                    continue
+                loss = sum(cfg.loss_weights[name] * value for name, value in terms.items())
+                runtime.accelerator.backward(loss * runtime.world / cfg.grad_accum)
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + value.detach() / cfg.grad_accum
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()
-    return {"step": step, **totals, "grad_norm": float(grad_norm), "lr": lr, "step_time": time.perf_counter() - started}
+    names = sorted(totals)
+    summed = runtime.sum(torch.stack([totals[n].float() for n in names])).tolist() if names else []
+    logged = dict(zip(names, summed))
+    logged["loss"] = sum(cfg.loss_weights[n] * v for n, v in logged.items())
+    return {"step": step, **logged, "grad_norm": float(grad_norm), "lr": lr, "step_time": time.perf_counter() - started}
+
+
+def text_losses_needed(cfg: TrainConfig) -> bool:
+    return bool(cfg.loss_weights.get("lm") or cfg.loss_weights.get("anchor_kl"))
 
 
 def quick_eval(model: LoadedModel, cfg: TrainConfig, data: TrainData) -> dict:

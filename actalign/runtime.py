@@ -1,0 +1,112 @@
+"""Where training runs: device, precision and processes, on Hugging Face Accelerate.
+
+One :class:`Runtime` per process. Launched plainly it is a single process; under ``accelerate launch
+--multi_gpu`` or ``torchrun`` it joins the process group (gloo on CPU, NCCL on CUDA) and the model is
+wrapped in torch DDP by ``Accelerator.prepare``. Data parallelism in actalign shards whole variant
+sets (a set's variants meet in one loss), see :func:`shard`.
+
+Precision: ``bfloat16`` means autocast mixed precision (float32 master weights and optimizer state,
+bfloat16 matmuls); loss terms are computed in float32 and similarity statistics in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Sequence
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda, else mps, else cpu; an explicit choice must be available here."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {DEVICES}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but torch sees no CUDA GPU here (CPU-only torch build or no driver); use --device cpu or auto")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps but the MPS backend is not available (Apple silicon only); use --device cpu or auto")
+    return device
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def shard(items: Sequence[Any], rank: int, world: int) -> list[Any]:
+    """Rank ``rank``'s share of ``items`` (round robin): every item on exactly one rank."""
+    return list(items[rank::world])
+
+
+@dataclass
+class Runtime:
+    """The process's place in the run (rank, world size, device) and its Accelerator."""
+
+    accelerator: Any  # accelerate.Accelerator
+    device_type: str  # cpu | cuda | mps
+    dtype: str  # float32 | bfloat16
+
+    @classmethod
+    def create(cls, device: str = "auto", dtype: str = "float32") -> "Runtime":
+        from accelerate import Accelerator, DistributedType
+        from accelerate.utils import InitProcessGroupKwargs
+
+        device_type = resolve_device(device)
+        resolve_dtype(dtype)
+        # rank 0 evaluates the original model while the others wait: allow slow evaluations
+        kwargs = [InitProcessGroupKwargs(timeout=timedelta(hours=3))]
+        accelerator = Accelerator(
+            cpu=device_type == "cpu", mixed_precision="bf16" if dtype == "bfloat16" else "no", kwargs_handlers=kwargs
+        )
+        if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+            raise ValueError(
+                f"actalign's trainer supports data parallelism (DDP) only, not {accelerator.distributed_type.value}; "
+                "launch with `accelerate launch --multi_gpu` or torchrun (see README, 'Scaling out')"
+            )
+        return cls(accelerator, device_type, dtype)
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def autocast(self):
+        """Autocast to bfloat16 when the run's dtype is bfloat16, else a no-op context."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bfloat16")
+
+    def wait(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum of ``tensor`` over processes (itself in a single process)."""
+        if self.world == 1:
+            return tensor
+        return self.accelerator.reduce(tensor.to(self.device), reduction="sum")
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every process's ``obj``, in rank order (``[obj]`` in a single process)."""
+        if self.world == 1:
+            return [obj]
+        gathered: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(gathered, obj)
+        return gathered
