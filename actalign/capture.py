@@ -163,15 +163,22 @@ def pooled_forward(
     return stacked, output if logits else None
 
 
+def final_logits(
+    logits: Float[Tensor, "batch pos vocab"], attention_mask: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch vocab"]:
+    """Logits of the token after each row's last real token (``logits`` may hold only the final
+    position, as ``pooled_forward(..., logits="last")`` returns)."""
+    if logits.shape[1] == 1:
+        return logits[:, 0]
+    last = pool_weights(attention_mask.cpu(), "last").argmax(-1).to(logits.device)
+    return logits[torch.arange(logits.shape[0], device=logits.device), last]
+
+
 def last_token_logprobs(
     logits: Float[Tensor, "batch pos vocab"], attention_mask: Int[Tensor, "batch pos"]
 ) -> Float[Tensor, "batch vocab"]:
-    """Log-probabilities of the token after each row's last real token (``logits`` may hold only the
-    final position, as ``pooled_forward(..., logits="last")`` returns)."""
-    if logits.shape[1] == 1:
-        return torch.log_softmax(logits[:, 0].float(), dim=-1)
-    last = pool_weights(attention_mask.cpu(), "last").argmax(-1).to(logits.device)
-    return torch.log_softmax(logits[torch.arange(logits.shape[0], device=logits.device), last].float(), dim=-1)
+    """Log-probabilities (float32) of the token after each row's last real token."""
+    return torch.log_softmax(final_logits(logits, attention_mask).float(), dim=-1)
 
 
 @torch.no_grad()

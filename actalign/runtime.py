@@ -11,6 +11,7 @@ bfloat16 matmuls); loss terms are computed in float32 and similarity statistics 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Sequence
@@ -58,15 +59,19 @@ class Runtime:
     @classmethod
     def create(cls, device: str = "auto", dtype: str = "float32") -> "Runtime":
         from accelerate import Accelerator, DistributedType
+        from accelerate.state import AcceleratorState
         from accelerate.utils import InitProcessGroupKwargs
 
         device_type = resolve_device(device)
         resolve_dtype(dtype)
-        # rank 0 evaluates the original model while the others wait: allow slow evaluations
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            # Accelerate keeps one state per process; a notebook may train on another device next time
+            AcceleratorState._reset_state(reset_partial_state=True)
+        # rank 0 evaluates the original model while the others wait: allow slow evaluations.
+        # Mixed precision is applied by `autocast()` around actalign's own forwards rather than by
+        # Accelerate, which would patch the model's forward for good.
         kwargs = [InitProcessGroupKwargs(timeout=timedelta(hours=3))]
-        accelerator = Accelerator(
-            cpu=device_type == "cpu", mixed_precision="bf16" if dtype == "bfloat16" else "no", kwargs_handlers=kwargs
-        )
+        accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision="no", kwargs_handlers=kwargs)
         if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
             raise ValueError(
                 f"actalign's trainer supports data parallelism (DDP) only, not {accelerator.distributed_type.value}; "

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from actalign import losses
-from actalign.capture import hook_names, pad_batch, pool_weights, pooled_forward, tokenize
+from actalign.capture import final_logits, hook_names, pad_batch, pool_weights, pooled_forward, tokenize
 from actalign.models import LoadedModel, load_model
 from actalign.retention import batch_chunks, bundled_text, token_chunks
 from actalign.runtime import DEVICES, Runtime, resolve_dtype, shard
@@ -206,6 +206,13 @@ def check_world_size(cfg: TrainConfig, data: TrainData, world: int) -> None:
         raise ValueError("the cka loss compares sets across the whole batch and is single-process only; use cosine or l2_stopgrad with several processes")
 
 
+def prompt_padding(runtime: Runtime | None) -> str:
+    """Left padding (only the final position is unembedded), except under bfloat16 autocast: there
+    TransformerLens 4.3's attention turns the float32 padding mask into -inf and the queries of
+    leading pads, which see no key, become NaN and spread; right padding has no such rows."""
+    return "right" if runtime is not None and runtime.dtype == "bfloat16" else "left"
+
+
 def shared_suffix_len(rows: list[list[int]]) -> int:
     """Number of trailing tokens shared by all rows."""
     n = 0
@@ -233,10 +240,11 @@ def compute_reference(model: LoadedModel, cfg: TrainConfig, data: TrainData, run
     quiet = runtime is not None and not runtime.is_main
     for i in tqdm(range(0, len(prompt_ids), 32), desc="reference prompts", leave=False, disable=quiet):
         batch = prompt_ids[i : i + 32]
-        ids, mask = pad_batch([flat_tokens[p] for p in batch], model.tokenizer.pad_token_id, "left")
+        side = prompt_padding(runtime)
+        ids, mask = pad_batch([flat_tokens[p] for p in batch], model.tokenizer.pad_token_id, side)
         with autocast:
-            _, logits = pooled_forward(model, ids, mask, pool_weights(mask, "last"), names, logits="last")
-        idx, logp = losses.topk_reference(logits[:, -1], cfg.anchor_topk)
+            _, logits = pooled_forward(model, ids, mask, pool_weights(mask, "last"), names, logits="last" if side == "left" else "all")
+        idx, logp = losses.topk_reference(final_logits(logits, mask), cfg.anchor_topk)
         for j, p in enumerate(batch):
             reference["prompt"][p] = (idx[j].cpu().clone(), logp[j].cpu().clone())
     for i in tqdm(range(0, len(chunk_ids), 16), desc="reference text", leave=False, disable=quiet):
@@ -287,6 +295,18 @@ def select_trainable(model: LoadedModel, spec: str) -> list[torch.nn.Parameter]:
     return [param for name, param in named if name in chosen]
 
 
+def set_activation_checkpointing(model: LoadedModel, enable: bool) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them
+    (transformers' own mechanism; the pooling hooks sit outside the recomputed region)."""
+    hf = model.hf_model
+    if enable and hasattr(hf, "activation_checkpointing_enable"):  # transformers >= 5
+        hf.activation_checkpointing_enable({"use_reentrant": False})
+    elif enable:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        getattr(hf, "activation_checkpointing_disable", hf.gradient_checkpointing_disable)()
+
+
 def lr_lambda(cfg: TrainConfig):
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -318,11 +338,12 @@ def prompt_losses(
         set_index += [local] * len(set_rows)
         prompt_ids += [data.prompt_offset[s] + v for v in variant_ids]
         suffix += [shared_suffix_len(set_rows)] * len(set_rows)
-    ids, mask = pad_batch(rows, model.tokenizer.pad_token_id, "left")
+    side = prompt_padding(runtime)
+    ids, mask = pad_batch(rows, model.tokenizer.pad_token_id, side)
     pool = pool_weights(mask, cfg.pool, torch.tensor(suffix) if cfg.pool == "suffix" else None)
     names = hook_names(model.n_layers, cfg.hook)
     with runtime.autocast() if runtime else contextlib.nullcontext():
-        acts, logits = pooled_forward(model, ids, mask, pool, names, logits="last", runner=runner)
+        acts, logits = pooled_forward(model, ids, mask, pool, names, logits="last" if side == "left" else "all", runner=runner)
     set_index_t = torch.tensor(set_index, device=device)
     layer_weights = losses.default_layer_weights(len(names), cfg.skip_embedding).to(device)
     share = len(rows) / part.n_prompts  # this shard's fraction of the micro-batch's prompts
@@ -336,7 +357,7 @@ def prompt_losses(
         terms["l2_stopgrad"] = share * losses.l2_stopgrad_loss(acts, set_index_t, layer_weights, scale=scale)
     if weights.get("cka"):
         terms["cka"] = losses.cka_loss(acts, set_index_t, layer_weights)  # single process only (check_world_size)
-    last_logits = logits[:, -1]
+    last_logits = final_logits(logits, mask)
     if weights.get("output_kl"):
         n_pairs = sum(len(v) * (len(v) - 1) // 2 for v in part.variant_ids)
         terms["output_kl"] = n_pairs / part.n_pairs * losses.output_consistency_loss(last_logits, set_index_t, cfg.output_kind)
@@ -503,7 +524,7 @@ def train(
     reference = load_or_compute_reference(out, cfg, data, model, checkpoint, runtime)
     params = select_trainable(model, cfg.trainable)
     if cfg.gradient_checkpointing:
-        model.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_activation_checkpointing(model, True)
     runner = runtime.accelerator.prepare(model.bridge)  # DDP-wrapped with several processes
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
@@ -545,7 +566,7 @@ def train(
             runtime.wait()
     model.hf_model.eval()
     if cfg.gradient_checkpointing:
-        model.hf_model.gradient_checkpointing_disable()
+        set_activation_checkpointing(model, False)
     return TrainResult(model, out, log, data)
 
 
