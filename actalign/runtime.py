@@ -60,7 +60,7 @@ class Runtime:
     def create(cls, device: str = "auto", dtype: str = "float32") -> "Runtime":
         from accelerate import Accelerator, DistributedType
         from accelerate.state import AcceleratorState
-        from accelerate.utils import InitProcessGroupKwargs
+        from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
         device_type = resolve_device(device)
         resolve_dtype(dtype)
@@ -70,7 +70,8 @@ class Runtime:
         # rank 0 evaluates the original model while the others wait: allow slow evaluations.
         # Mixed precision is applied by `autocast()` around actalign's own forwards rather than by
         # Accelerate, which would patch the model's forward for good.
-        kwargs = [InitProcessGroupKwargs(timeout=timedelta(hours=3))]
+        # gradient_as_bucket_view: DDP's all-reduce buckets hold the gradients instead of a second copy
+        kwargs = [InitProcessGroupKwargs(timeout=timedelta(hours=3)), DistributedDataParallelKwargs(gradient_as_bucket_view=True)]
         accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision="no", kwargs_handlers=kwargs)
         if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
             raise ValueError(

