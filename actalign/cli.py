@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="float32 (default) or bfloat16 (autocast mixed precision)")
     train.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute block activations in backward (less memory, more time)")
     train.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation (training only)")
+    train.add_argument("--fsdp", action="store_true", default=None, help="with several processes: shard parameters, gradients and optimizer state (FSDP2) instead of DDP")
     train.set_defaults(func=run_train)
 
     compare = sub.add_parser("compare", help="before vs after per layer from two coherence.json files")
@@ -117,7 +118,7 @@ def train_config(args: argparse.Namespace):
 
     flags = ("model", "variants", "eval_variants", "out", "steps", "lr", "trainable", "pool", "hook", "chat",
              "sets_per_step", "variants_per_set", "grad_accum", "checkpoint_every", "eval_every", "seed",
-             "device", "dtype", "gradient_checkpointing")
+             "device", "dtype", "gradient_checkpointing", "fsdp")
     overrides = {f: getattr(args, f) for f in flags if getattr(args, f) is not None}
     if args.loss:
         overrides["loss_weights"] = parse_loss_weights(args.loss)
@@ -125,36 +126,41 @@ def train_config(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Train (every process under a launcher); the main process evaluates before and after."""
+    """Train (every process under a launcher); the main process evaluates before and after (with
+    --fsdp every process takes part, since each forward of a sharded model needs all of them)."""
     from actalign.evaluate import evaluate, save_compare, summary_lines
     from actalign.models import load_model
-    from actalign.runtime import Runtime
+    from actalign.runtime import Runtime, shard_hf_model
     from actalign.train import check_out_folder, split_sets, train
 
     cfg = train_config(args)
     out = Path(cfg.out)
     check_out_folder(out, args.resume)  # before the costly evaluation of the original model
-    runtime = Runtime.create(cfg.device, cfg.dtype)
+    runtime = Runtime.create(cfg.device, cfg.dtype, cfg.fsdp)
     eval_args = dict(hook=cfg.hook, pool="last" if cfg.pool == "suffix" else cfg.pool, chat=cfg.chat,
-                     batch_size=cfg.eval_batch_size, seed=cfg.seed, n_boot=cfg.n_boot)
-    evaluating = runtime.is_main and not args.no_eval
+                     batch_size=cfg.eval_batch_size, seed=cfg.seed, n_boot=cfg.n_boot, save=runtime.is_main)
+    evaluating = not args.no_eval and (runtime.is_main or runtime.fsdp)
     model = None
     before = out / "before" / "coherence.json"
     if evaluating and not (args.resume and before.is_file()):
-        model = load_model(cfg.model, device=str(runtime.device))
+        model = load_model(cfg.model, device=str(runtime.device), prepare_hf=shard_hf_model if runtime.fsdp else None)
         eval_sets = split_sets(cfg)[1]
-        print(f"evaluating the original model on {len(eval_sets)} held-out sets", flush=True)
+        if runtime.is_main:
+            print(f"evaluating the original model on {len(eval_sets)} held-out sets", flush=True)
         evaluate(model, eval_sets, before.parent, label=f"{cfg.model} before alignment", **eval_args)
     runtime.wait()
     result = train(cfg, resume=args.resume, model=model, runtime=runtime)
     if runtime.world > 1:
         print(f"process {runtime.rank}/{runtime.world} done", flush=True)
-    if not evaluating:
+    if evaluating:
         if runtime.is_main:
-            print(f"wrote {out}/checkpoint and train_log.jsonl")
+            print("evaluating the trained model", flush=True)
+        evaluate(result.model, result.data.eval_sets, out / "after", label=f"{cfg.model} after {cfg.steps} alignment steps", **eval_args)
+    if not runtime.is_main:
         return 0
-    print("evaluating the trained model", flush=True)
-    evaluate(result.model, result.data.eval_sets, out / "after", label=f"{cfg.model} after {cfg.steps} alignment steps", **eval_args)
+    if not evaluating:
+        print(f"wrote {out}/checkpoint and train_log.jsonl")
+        return 0
     comparison = save_compare(before, out / "after" / "coherence.json", out)
     for line in summary_lines(comparison):
         print(line)

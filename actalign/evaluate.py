@@ -19,13 +19,16 @@ DELTA_FIELDS = ("gap", "cosine_centered", "cosine_centered_null", "cosine", "cos
 OUTPUT_FIELDS = ("top1_agreement", "top1_agreement_null", "sym_kl", "sym_kl_null", "answer_accuracy", "answer_agreement")
 
 
-def evaluate(model: LoadedModel, sets: Sequence[VariantSet], out_dir: str | Path, label: str | None = None, **analyze_kwargs) -> dict:
+def evaluate(
+    model: LoadedModel, sets: Sequence[VariantSet], out_dir: str | Path, label: str | None = None, save: bool = True, **analyze_kwargs
+) -> dict:
     """Coherence of ``sets`` (``analyze_kwargs``: hook, pool, chat, batch_size, seed, n_boot as for
-    ``analyze``) plus held-out retention perplexity, saved as ``out_dir/coherence.json``."""
+    ``analyze``) plus held-out retention perplexity, saved as ``out_dir/coherence.json`` when ``save``."""
     model.hf_model.eval()
     result = analyze(model, sets, progress=False, **analyze_kwargs)
     result["retention"] = {"perplexity": perplexity(model, bundled_text("heldout")), "corpus": "retention_heldout.txt"}
-    save_coherence(result, out_dir, title=label)
+    if save:
+        save_coherence(result, out_dir, title=label)
     return result
 
 

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -61,16 +62,17 @@ class LoadedModel:
         """The wrapped Hugging Face model (shares parameters with ``bridge``)."""
         return self.bridge.original_model
 
-    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+    def hf_state_dict(self, raw: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The wrapped model's parameters under their plain Hugging Face names.
 
         The bridge replaces submodules in place (``x._original_component.y``) and registers aliases;
-        this keeps one tensor per key of a freshly built model of the same config.
+        this keeps one tensor per key of a freshly built model of the same config. ``raw``: a state
+        dict of the wrapped model gathered elsewhere (e.g. the full one of a sharded model).
         """
         with torch.device("meta"):
             expected = AutoModelForCausalLM.from_config(self.hf_model.config).state_dict().keys()
         clean = {}
-        for key, value in self.hf_model.state_dict().items():
+        for key, value in (self.hf_model.state_dict() if raw is None else raw).items():
             plain = key.replace("._original_component", "")
             if plain in expected and plain not in clean:
                 clean[plain] = value
@@ -79,11 +81,12 @@ class LoadedModel:
             raise RuntimeError(f"could not map bridge parameters back to HF names; missing {sorted(missing)[:5]}")
         return clean
 
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write a Hugging Face folder (safetensors + config + tokenizer) loadable by ``load_model``."""
+    def save_pretrained(self, folder: str | Path, raw: dict[str, torch.Tensor] | None = None) -> None:
+        """Write a Hugging Face folder (safetensors + config + tokenizer) loadable by ``load_model``
+        (``raw``: as for :meth:`hf_state_dict`)."""
         with torch.device("meta"):
             plain = AutoModelForCausalLM.from_config(self.hf_model.config)
-        plain.load_state_dict(self.hf_state_dict(), assign=True)
+        plain.load_state_dict(self.hf_state_dict(raw), assign=True)
         plain.tie_weights()
         plain.save_pretrained(folder, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
@@ -102,21 +105,24 @@ def describe_accepted() -> str:
     )
 
 
-def load_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load ``name`` (see module docstring) as a :class:`LoadedModel` in eval mode."""
+def load_model(
+    name: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32, prepare_hf: Callable | None = None
+) -> LoadedModel:
+    """Load ``name`` (see module docstring) as a :class:`LoadedModel` in eval mode. ``prepare_hf`` is
+    applied to the plain HF model before the bridge wraps it (e.g. FSDP sharding)."""
     if name == "tiny":
         hf_model, tokenizer = build_tiny(seed=TINY_SEED)
-        return _wrap(name, hf_model.to(device=device, dtype=dtype), tokenizer, model_ref=None)
+        return _wrap(name, hf_model.to(device=device, dtype=dtype), tokenizer, model_ref=None, prepare_hf=prepare_hf)
     if name in ("smollm2-135m", "smollm2"):
         folder = ensure_smollm2_folder()
-        return _load_folder(str(folder), name, device, dtype)
+        return _load_folder(str(folder), name, device, dtype, prepare_hf)
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
             raise ValueError(f"model folder {path} has no config.json; {describe_accepted()}")
-        return _load_folder(str(path), name, device, dtype)
+        return _load_folder(str(path), name, device, dtype, prepare_hf)
     if _looks_like_hub_name(name):
-        return _load_folder(name, name, device, dtype)
+        return _load_folder(name, name, device, dtype, prepare_hf)
     raise ValueError(f"unknown model {name!r}; {describe_accepted()}")
 
 
@@ -125,7 +131,7 @@ def _looks_like_hub_name(name: str) -> bool:
     return 1 <= len(parts) <= 2 and all(p and not p.startswith(".") for p in parts) and " " not in name
 
 
-def _load_folder(ref: str, name: str, device: str, dtype: torch.dtype) -> LoadedModel:
+def _load_folder(ref: str, name: str, device: str, dtype: torch.dtype, prepare_hf: Callable | None = None) -> LoadedModel:
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref)
         hf_model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, attn_implementation="eager")
@@ -134,14 +140,16 @@ def _load_folder(ref: str, name: str, device: str, dtype: torch.dtype) -> Loaded
             f"could not load model {name!r} ({err.__class__.__name__}: {str(err).splitlines()[0]}); "
             f"this machine may be offline. {describe_accepted()}"
         ) from err
-    return _wrap(name, hf_model.to(device), tokenizer, model_ref=ref)
+    return _wrap(name, hf_model.to(device), tokenizer, model_ref=ref, prepare_hf=prepare_hf)
 
 
-def _wrap(name: str, hf_model, tokenizer, model_ref: str | None) -> LoadedModel:
+def _wrap(name: str, hf_model, tokenizer, model_ref: str | None, prepare_hf: Callable | None = None) -> LoadedModel:
     from transformer_lens.model_bridge import TransformerBridge
 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if prepare_hf is not None:
+        prepare_hf(hf_model)
     hf_model.eval()
     bridge = TransformerBridge.boot_transformers(
         model_ref or tokenizer.name_or_path, hf_model=hf_model, tokenizer=tokenizer

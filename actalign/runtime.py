@@ -55,9 +55,10 @@ class Runtime:
     accelerator: Any  # accelerate.Accelerator
     device_type: str  # cpu | cuda | mps
     dtype: str  # float32 | bfloat16
+    fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) instead of DDP
 
     @classmethod
-    def create(cls, device: str = "auto", dtype: str = "float32") -> "Runtime":
+    def create(cls, device: str = "auto", dtype: str = "float32", fsdp: bool = False) -> "Runtime":
         from accelerate import Accelerator, DistributedType
         from accelerate.state import AcceleratorState
         from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
@@ -75,10 +76,11 @@ class Runtime:
         accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision="no", kwargs_handlers=kwargs)
         if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
             raise ValueError(
-                f"actalign's trainer supports data parallelism (DDP) only, not {accelerator.distributed_type.value}; "
-                "launch with `accelerate launch --multi_gpu` or torchrun (see README, 'Scaling out')"
+                f"actalign shards models itself: launch with `accelerate launch --multi_gpu` or torchrun and pass "
+                f"--fsdp to actalign train instead of Accelerate's {accelerator.distributed_type.value} (see README, 'Scaling out')"
             )
-        return cls(accelerator, device_type, dtype)
+        # one process has nothing to shard: FSDP is then plain training
+        return cls(accelerator, device_type, dtype, fsdp=fsdp and accelerator.num_processes > 1)
 
     @property
     def rank(self) -> int:
@@ -116,3 +118,56 @@ class Runtime:
         gathered: list[Any] = [None] * self.world
         torch.distributed.all_gather_object(gathered, obj)
         return gathered
+
+
+# ----------------------------------------------------------------------------- FSDP (parameter sharding)
+
+
+def shard_hf_model(hf_model: torch.nn.Module) -> None:
+    """Shard a plain HF model in place with torch's FSDP2 (``fully_shard``): each decoder layer (the
+    model's ``_no_split_modules`` classes), then the rest (embeddings, final norm, tied head) at the
+    root. Must run before the TransformerBridge wraps the model; needs an initialised process group."""
+    from torch.distributed.fsdp import fully_shard
+
+    layer_classes = set(getattr(hf_model, "_no_split_modules", None) or [])
+    layers = [m for m in hf_model.modules() if type(m).__name__ in layer_classes]
+    if not layers:
+        raise ValueError(f"{type(hf_model).__name__} names no decoder-layer classes (_no_split_modules); cannot shard it with --fsdp")
+    for layer in layers:
+        fully_shard(layer)
+    # the root too reshards after every forward: left unsharded after a no-grad forward (reference
+    # logits, evaluation), its parameters got no gradients in the next backward
+    fully_shard(hf_model, reshard_after_forward=True)
+
+
+def full_state_dicts(hf_model: torch.nn.Module, optimizer: torch.optim.Optimizer, sharded: bool) -> tuple[dict | None, dict]:
+    """(model state dict or None, optimizer state dict) in the single-process format, gathered from
+    every process when ``sharded`` (collective: every process calls it). Unsharded: (None,
+    ``optimizer.state_dict()``). Checkpoints therefore do not depend on how the run was parallelised."""
+    if not sharded:
+        return None, optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.tensor import DTensor
+
+    model_state = get_model_state_dict(hf_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = optimizer.state_dict()
+    full = {
+        index: {key: value.full_tensor().cpu() if isinstance(value, DTensor) else value for key, value in per_param.items()}
+        for index, per_param in sorted(state["state"].items())
+    }
+    return model_state, {"state": full, "param_groups": state["param_groups"]}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, sharded: bool) -> None:
+    """Restore a single-process-format optimizer state, sharding each tensor like its parameter."""
+    if sharded:
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        state = {**state, "state": {
+            index: {key: distribute_tensor(value.to(params[index].device), params[index].device_mesh, params[index].placements)
+                    if isinstance(params[index], DTensor) and torch.is_tensor(value) and value.shape == params[index].shape else value
+                    for key, value in per_param.items()}
+            for index, per_param in sorted(state["state"].items())
+        }}
+    optimizer.load_state_dict(state)

@@ -32,7 +32,7 @@ from actalign import losses
 from actalign.capture import final_logits, hook_names, pad_batch, pool_weights, pooled_forward, tokenize
 from actalign.models import LoadedModel, load_model
 from actalign.retention import batch_chunks, bundled_text, token_chunks
-from actalign.runtime import DEVICES, Runtime, resolve_dtype, shard
+from actalign.runtime import DEVICES, Runtime, full_state_dicts, load_optimizer_state, resolve_dtype, shard, shard_hf_model
 from actalign.variants import VariantSet, bundled_path, flatten, load_variant_sets, split_by_family
 
 REPRESENTATION_LOSSES = ("cosine", "l2_stopgrad", "cka")
@@ -80,6 +80,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | mps (under a launcher: each process's own device)
     dtype: str = "float32"  # float32 | bfloat16 (autocast mixed precision, float32 master weights)
     gradient_checkpointing: bool = False
+    fsdp: bool = False  # with several processes: shard parameters/gradients/optimizer state (FSDP2) instead of DDP
 
     def __post_init__(self) -> None:
         unknown = set(self.loss_weights) - set(LOSS_NAMES)
@@ -230,8 +231,9 @@ def shared_suffix_len(rows: list[list[int]]) -> int:
 def compute_reference(model: LoadedModel, cfg: TrainConfig, data: TrainData, runtime: Runtime | None = None) -> dict:
     """Top-k next-token distributions of the original model, once, for every prompt and every
     retention chunk the run's schedule will use. With several processes each computes a share and
-    all get the whole cache (so a resume may use any number of processes)."""
-    rank, world = (runtime.rank, runtime.world) if runtime else (0, 1)
+    all get the whole cache (so a resume may use any number of processes); with a sharded (FSDP)
+    model, whose every forward involves all processes, each computes all of it in lockstep."""
+    rank, world = (runtime.rank, runtime.world) if runtime and not runtime.fsdp else (0, 1)
     plans = [plan_micro_batch(cfg, data, step, micro) for step in range(cfg.steps) for micro in range(cfg.grad_accum)]
     prompt_ids = shard(sorted({data.prompt_offset[s] + v for p in plans for s, vs in zip(p.set_ids, p.variant_ids) for v in vs}), rank, world)
     chunk_ids = shard(sorted({c for p in plans for c in p.chunk_ids}), rank, world)
@@ -409,11 +411,12 @@ def micro_batch_losses(
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(model: LoadedModel, out: Path, state: dict) -> Path:
-    """Write ``out/checkpoint`` atomically: build ``.checkpoint-tmp``, then swap it into place."""
+def save_checkpoint(model: LoadedModel, out: Path, state: dict, model_state: dict | None = None) -> Path:
+    """Write ``out/checkpoint`` atomically: build ``.checkpoint-tmp``, then swap it into place.
+    ``model_state``: the gathered full state dict of a sharded model (else the model's own)."""
     final, tmp, old = out / "checkpoint", out / ".checkpoint-tmp", out / ".checkpoint-old"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, raw=model_state)
     torch.save(state, tmp / "trainer_state.pt")
     (tmp / "COMPLETE").write_text(json.dumps({"step": state["step"]}))
     shutil.rmtree(old, ignore_errors=True)
@@ -452,9 +455,9 @@ def load_trainer_state(folder: Path) -> dict:
         raise CheckpointError(f"{folder / 'trainer_state.pt'} is corrupt ({err.__class__.__name__}); delete {folder} and start over") from err
 
 
-def load_checkpoint_model(folder: Path, device: torch.device | str = "cpu") -> LoadedModel:
+def load_checkpoint_model(folder: Path, device: torch.device | str = "cpu", prepare_hf=None) -> LoadedModel:
     try:
-        return load_model(str(folder), device=str(device))
+        return load_model(str(folder), device=str(device), prepare_hf=prepare_hf)
     except Exception as err:
         raise CheckpointError(f"{folder} holds a corrupt model ({err.__class__.__name__}: {err}); delete it and start over") from err
 
@@ -503,7 +506,7 @@ def train(
     process's :class:`Runtime` (created from ``cfg.device`` / ``cfg.dtype`` when not given); under
     ``accelerate launch`` or ``torchrun`` every process calls ``train`` and only the main one writes.
     """
-    runtime = runtime or Runtime.create(cfg.device, cfg.dtype)
+    runtime = runtime or Runtime.create(cfg.device, cfg.dtype, cfg.fsdp)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -517,11 +520,12 @@ def train(
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     runtime.wait()
     checkpoint = find_checkpoint(out) if resume else None
+    prepare_hf = shard_hf_model if runtime.fsdp else None
     if checkpoint:
-        model = load_checkpoint_model(checkpoint, runtime.device)
+        model = load_checkpoint_model(checkpoint, runtime.device, prepare_hf)
     elif model is None:
-        model = load_model(cfg.model, device=str(runtime.device))
-    else:
+        model = load_model(cfg.model, device=str(runtime.device), prepare_hf=prepare_hf)
+    elif not runtime.fsdp:  # a sharded model passed in is already placed
         model.hf_model.to(runtime.device)
     data = prepare_data(model, cfg)
     check_world_size(cfg, data, runtime.world)
@@ -529,7 +533,8 @@ def train(
     params = select_trainable(model, cfg.trainable)
     if cfg.gradient_checkpointing:
         set_activation_checkpointing(model, True)
-    runner = runtime.accelerator.prepare(model.bridge)  # DDP-wrapped with several processes
+    # DDP-wrapped with several processes; an FSDP-sharded model synchronises by itself
+    runner = model.bridge if runtime.fsdp else runtime.accelerator.prepare(model.bridge)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     running = losses.RunningMean(len(hook_names(model.n_layers, cfg.hook)), model.d_model).to(runtime.device)
@@ -537,7 +542,7 @@ def train(
     log_path = out / "train_log.jsonl"
     if checkpoint:
         state = load_trainer_state(checkpoint)
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"], runtime.fsdp)
         scheduler.load_state_dict(state["scheduler"])
         running.load_state_dict(state["running_mean"])
         set_rng_state(state["rng"])
@@ -551,7 +556,7 @@ def train(
     for step in bar:
         entry = optimizer_step(*step_args, step)
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-            if runtime.is_main:
+            if runtime.is_main or runtime.fsdp:  # a sharded model evaluates in every process, in lockstep
                 entry.update(quick_eval(model, cfg, data))
             runtime.wait()
         log.append(entry)
@@ -563,10 +568,11 @@ def train(
         if stop_after is not None and done - start >= stop_after:
             break
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            model_state, optimizer_state = full_state_dicts(model.hf_model, optimizer, runtime.fsdp)  # gathers if sharded
             if runtime.is_main:
-                state = {"step": done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                state = {"step": done, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                          "running_mean": running.state_dict(), "rng": rng_state(), "config": asdict(cfg)}
-                save_checkpoint(model, out, state)
+                save_checkpoint(model, out, state, model_state)
             runtime.wait()
     model.hf_model.eval()
     if cfg.gradient_checkpointing:
@@ -580,7 +586,7 @@ def load_or_compute_reference(out: Path, cfg: TrainConfig, data: TrainData, mode
     reference_path = out / "reference.pt"
     if reference_path.is_file() and checkpoint:
         return torch.load(reference_path, weights_only=False)
-    original = load_model(cfg.model, device=str(runtime.device)) if checkpoint else model
+    original = load_model(cfg.model, device=str(runtime.device), prepare_hf=shard_hf_model if runtime.fsdp else None) if checkpoint else model
     reference = compute_reference(original, cfg, data, runtime)
     if runtime.is_main:
         torch.save(reference, reference_path)
@@ -604,7 +610,7 @@ def optimizer_step(model, cfg, data, reference, running, optimizer, scheduler, p
                   lambda: text_losses(model, cfg, data, part, reference, runtime, runner)]
         for i, compute in enumerate(graphs):
             last_backward = micro == cfg.grad_accum - 1 and (i == 1 or not text_losses_needed(cfg))
-            with contextlib.nullcontext() if last_backward else runtime.accelerator.no_sync(runner):
+            with contextlib.nullcontext() if last_backward or runtime.fsdp else runtime.accelerator.no_sync(runner):
                 terms = compute()
                 if not terms:
                     continue
@@ -613,6 +619,7 @@ def optimizer_step(model, cfg, data, reference, running, optimizer, scheduler, p
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value.detach() / cfg.grad_accum
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()
