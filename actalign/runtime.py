@@ -2,8 +2,9 @@
 
 One :class:`Runtime` per process. Launched plainly it is a single process; under ``accelerate launch
 --multi_gpu`` or ``torchrun`` it joins the process group (gloo on CPU, NCCL on CUDA) and the model is
-wrapped in torch DDP by ``Accelerator.prepare``. Data parallelism in actalign shards whole variant
-sets (a set's variants meet in one loss), see :func:`shard`.
+wrapped in torch DDP by ``Accelerator.prepare``, or, with ``fsdp``, sharded with torch's FSDP2 by
+:func:`shard_hf_model` before TransformerBridge wraps it. Data parallelism in actalign shards whole
+variant sets (a set's variants meet in one loss), see :func:`shard`.
 
 Precision: ``bfloat16`` means autocast mixed precision (float32 master weights and optimizer state,
 bfloat16 matmuls); loss terms are computed in float32 and similarity statistics in float64.
@@ -142,19 +143,23 @@ def shard_hf_model(hf_model: torch.nn.Module) -> None:
 
 def full_state_dicts(hf_model: torch.nn.Module, optimizer: torch.optim.Optimizer, sharded: bool) -> tuple[dict | None, dict]:
     """(model state dict or None, optimizer state dict) in the single-process format, gathered from
-    every process when ``sharded`` (collective: every process calls it). Unsharded: (None,
-    ``optimizer.state_dict()``). Checkpoints therefore do not depend on how the run was parallelised."""
+    every process when ``sharded`` (collective: every process calls it; only rank 0 gets the tensors).
+    Unsharded: (None, ``optimizer.state_dict()``). Checkpoints therefore do not depend on how the run
+    was parallelised."""
     if not sharded:
         return None, optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.tensor import DTensor
 
     model_state = get_model_state_dict(hf_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    main = torch.distributed.get_rank() == 0
     state = optimizer.state_dict()
-    full = {
-        index: {key: value.full_tensor().cpu() if isinstance(value, DTensor) else value for key, value in per_param.items()}
-        for index, per_param in sorted(state["state"].items())
-    }
+    full = {}
+    for index, per_param in sorted(state["state"].items()):
+        full[index] = {}
+        for key, value in per_param.items():
+            gathered = value.full_tensor() if isinstance(value, DTensor) else value  # collective, one tensor at a time
+            full[index][key] = gathered.cpu() if main else None  # only rank 0 keeps the full state
     return model_state, {"state": full, "param_groups": state["param_groups"]}
 
 

@@ -7,6 +7,11 @@ x ``variants_per_set`` variants (one forward with pooling hooks that keep the gr
 function of (seed, step, micro-batch), so a resumed run sees exactly the batches an uninterrupted
 run would, and the weights and log come out bit-identical on CPU.
 
+Several processes (``accelerate launch --multi_gpu`` / ``torchrun``, see :mod:`actalign.runtime`): each
+takes whole sets of every micro-batch, loss terms are normalised by the micro-batch's global counts,
+gradients are synchronised by DDP (or FSDP2 with ``fsdp``), and only rank 0 writes; the result equals
+a single-process run with the same global batch up to float rounding.
+
 Output folder: ``checkpoint/`` (HF folder + ``trainer_state.pt`` + ``COMPLETE`` marker, written to a
 temporary folder and renamed), ``train_log.jsonl``, ``reference.pt`` (cached reference logits of
 the original model), ``config.json``, and ``before/`` / ``after/`` evaluations on held-out families.

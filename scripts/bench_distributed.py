@@ -2,7 +2,8 @@
 
 Each variant runs ``actalign train --no-eval`` (same model, steps, seed and global batch) in fresh
 processes, one after another in this script: 1 process with torch's default threads, 1 process with
-one thread, 2 processes (``accelerate launch --multi_gpu``, gloo, one thread each), and optionally
+one thread, 2 processes (``accelerate launch --multi_gpu``, gloo, one thread each) with DDP and with
+FSDP parameter sharding, and optionally
 1 process with gradient checkpointing or bfloat16 autocast. Reported per variant: wall time of the
 whole command (load, reference logits, training, checkpoint), median optimizer-step time from
 ``train_log.jsonl``, and peak resident memory summed over the run's processes (sampled every 0.1 s
@@ -77,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="actalign-bench-dist-"))
     variants = [("1 process, default threads", 1, None, []), ("1 process, 1 thread", 1, 1, []),
-                ("2 processes, 1 thread each", 2, 1, [])]
+                ("2 processes, 1 thread each (DDP)", 2, 1, []), ("2 processes, 1 thread each (FSDP)", 2, 1, ["--fsdp"])]
     if args.extras:
         variants += [("1 process, gradient checkpointing", 1, None, ["--gradient-checkpointing"]),
                      ("1 process, bfloat16 autocast", 1, None, ["--dtype", "bfloat16"])]
