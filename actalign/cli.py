@@ -17,6 +17,12 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights' dtype (statistics stay float64)")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass")
     parser.add_argument("--seed", type=int, default=0, help="seed for null pairs, bootstrap and splits")
+    _add_threads_arg(parser)
+
+
+def _add_threads_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice; 1 is much faster on a CPU shared with other jobs)")
 
 
 def _add_capture_args(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="float32 (default) or bfloat16 (autocast mixed precision)")
     train.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute block activations in backward (less memory, more time)")
     train.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation (training only)")
+    _add_threads_arg(train)
     train.add_argument("--fsdp", action="store_true", default=None, help="with several processes: shard parameters, gradients and optimizer state (FSDP2) instead of DDP")
     train.set_defaults(func=run_train)
 
@@ -69,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("after")
     compare.add_argument("--out", required=True)
     compare.set_defaults(func=run_compare)
+
+    report = sub.add_parser("report", help="one-page report (headline numbers + every figure) of an analyze or train folder")
+    report.add_argument("folder", help="an `actalign analyze` or `actalign train` output folder")
+    report.add_argument("--format", default="md", choices=["md", "html"], help="report.md (links the PNGs) or a self-contained report.html")
+    report.add_argument("--out", default=None, help="where to write it (default: FOLDER/report.md or .html)")
+    report.set_defaults(func=run_report)
 
     from actalign.generate import add_generate_parser
 
@@ -168,6 +181,16 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_report(args: argparse.Namespace) -> int:
+    from actalign.report import write_report
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; pass the --out folder of actalign analyze or train")
+    print(f"wrote {write_report(folder, fmt=args.format, out=args.out)}")
+    return 0
+
+
 def run_compare(args: argparse.Namespace) -> int:
     from actalign.evaluate import save_compare, summary_lines
 
@@ -181,6 +204,10 @@ def run_compare(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:

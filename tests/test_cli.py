@@ -78,3 +78,23 @@ def test_compare_reports_paired_delta_from_per_set_sums(tmp_path):
     comparison = compare_results(before, after)
     assert comparison["n_layers_gap_delta_ci_above_zero"] == 3
     assert all(row["gap_delta_ci"][0] > 0 for row in comparison["layers"])
+
+
+def test_report_command_and_threads_flag(tmp_path, capsys):
+    import torch
+
+    save_variant_sets(load_bundled()[::12], tmp_path / "sets.jsonl")
+    threads = torch.get_num_threads()
+    try:
+        assert main(["analyze", "--model", "tiny", "--variants", str(tmp_path / "sets.jsonl"), "--out", str(tmp_path / "out"),
+                     "--n-boot", "50", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert main(["report", str(tmp_path / "out")]) == 0
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "coherence.png" in markdown and "gap" in markdown
+    assert main(["report", str(tmp_path / "out"), "--format", "html", "--out", str(tmp_path / "r.html")]) == 0
+    assert "data:image/png;base64" in (tmp_path / "r.html").read_text()
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err
