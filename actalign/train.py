@@ -247,9 +247,9 @@ def compute_reference(model: LoadedModel, cfg: TrainConfig, data: TrainData, run
     autocast = runtime.autocast() if runtime else contextlib.nullcontext()
     reference = {"prompt": {}, "chunk": {}}
     quiet = runtime is not None and not runtime.is_main
+    side = prompt_padding(runtime)
     for i in tqdm(range(0, len(prompt_ids), 32), desc="reference prompts", leave=False, disable=quiet):
         batch = prompt_ids[i : i + 32]
-        side = prompt_padding(runtime)
         ids, mask = pad_batch([flat_tokens[p] for p in batch], model.tokenizer.pad_token_id, side)
         with autocast:
             _, logits = pooled_forward(model, ids, mask, pool_weights(mask, "last"), names, logits="last" if side == "left" else "all")
@@ -636,7 +636,7 @@ def optimizer_step(model, cfg, data, reference, running, optimizer, scheduler, p
 
 
 def text_losses_needed(cfg: TrainConfig) -> bool:
-    return bool(cfg.loss_weights.get("lm") or cfg.loss_weights.get("anchor_kl"))
+    return any(cfg.loss_weights.get(name) for name in TEXT_TERMS)
 
 
 def quick_eval(model: LoadedModel, cfg: TrainConfig, data: TrainData) -> dict:
