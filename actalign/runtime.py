@@ -166,13 +166,17 @@ def full_state_dicts(hf_model: torch.nn.Module, optimizer: torch.optim.Optimizer
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, sharded: bool) -> None:
     """Restore a single-process-format optimizer state, sharding each tensor like its parameter."""
     if sharded:
-        from torch.distributed.tensor import DTensor, distribute_tensor
-
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        state = {**state, "state": {
-            index: {key: distribute_tensor(value.to(params[index].device), params[index].device_mesh, params[index].placements)
-                    if isinstance(params[index], DTensor) and torch.is_tensor(value) and value.shape == params[index].shape else value
-                    for key, value in per_param.items()}
-            for index, per_param in sorted(state["state"].items())
-        }}
+        per_param = {index: {key: shard_like(value, params[index]) for key, value in values.items()}
+                     for index, values in sorted(state["state"].items())}  # same collective order everywhere
+        state = {**state, "state": per_param}
     optimizer.load_state_dict(state)
+
+
+def shard_like(value: Any, param: torch.Tensor) -> Any:
+    """A full optimizer-state tensor of ``param``'s shape, sharded as ``param`` is (else unchanged)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(param, DTensor) and torch.is_tensor(value) and value.shape == param.shape:
+        return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+    return value

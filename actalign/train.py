@@ -214,6 +214,11 @@ def check_world_size(cfg: TrainConfig, data: TrainData, world: int) -> None:
         raise ValueError("the cka loss compares sets across the whole batch and is single-process only; use cosine or l2_stopgrad with several processes")
 
 
+def autocast(runtime: Runtime | None):
+    """The run's autocast context (bfloat16 or none); none without a runtime."""
+    return runtime.autocast() if runtime else contextlib.nullcontext()
+
+
 def prompt_padding(runtime: Runtime | None) -> str:
     """Left padding (only the final position is unembedded), except under bfloat16 autocast: there
     TransformerLens 4.3's attention turns the float32 padding mask into -inf and the queries of
@@ -244,14 +249,13 @@ def compute_reference(model: LoadedModel, cfg: TrainConfig, data: TrainData, run
     chunk_ids = shard(sorted({c for p in plans for c in p.chunk_ids}), rank, world)
     flat_tokens = [row for rows in data.set_tokens for row in rows]
     names = hook_names(model.n_layers, cfg.hook)[-1:]
-    autocast = runtime.autocast() if runtime else contextlib.nullcontext()
     reference = {"prompt": {}, "chunk": {}}
     quiet = runtime is not None and not runtime.is_main
     side = prompt_padding(runtime)
     for i in tqdm(range(0, len(prompt_ids), 32), desc="reference prompts", leave=False, disable=quiet):
         batch = prompt_ids[i : i + 32]
         ids, mask = pad_batch([flat_tokens[p] for p in batch], model.tokenizer.pad_token_id, side)
-        with autocast:
+        with autocast(runtime):
             _, logits = pooled_forward(model, ids, mask, pool_weights(mask, "last"), names, logits="last" if side == "left" else "all")
         idx, logp = losses.topk_reference(final_logits(logits, mask), cfg.anchor_topk)
         for j, p in enumerate(batch):
@@ -259,7 +263,7 @@ def compute_reference(model: LoadedModel, cfg: TrainConfig, data: TrainData, run
     for i in tqdm(range(0, len(chunk_ids), 16), desc="reference text", leave=False, disable=quiet):
         batch = chunk_ids[i : i + 16]
         ids, mask = (t.to(model.device) for t in batch_chunks(model, [data.chunks[c] for c in batch]))
-        with autocast:
+        with autocast(runtime):
             logits = model.bridge(ids, attention_mask=mask)
         for j, c in enumerate(batch):
             length = len(data.chunks[c])
@@ -353,7 +357,7 @@ def prompt_losses(
     ids, mask = pad_batch(rows, model.tokenizer.pad_token_id, side)
     pool = pool_weights(mask, cfg.pool, torch.tensor(suffix) if cfg.pool == "suffix" else None)
     names = hook_names(model.n_layers, cfg.hook)
-    with runtime.autocast() if runtime else contextlib.nullcontext():
+    with autocast(runtime):
         acts, logits = pooled_forward(model, ids, mask, pool, names, logits="last" if side == "left" else "all", runner=runner)
     set_index_t = torch.tensor(set_index, device=device)
     layer_weights = losses.default_layer_weights(len(names), cfg.skip_embedding).to(device)
@@ -388,7 +392,7 @@ def text_losses(
     if not text_losses_needed(cfg):
         return {}
     text_ids, text_mask = (t.to(model.device) for t in batch_chunks(model, [data.chunks[c] for c in part.chunk_ids]))
-    with runtime.autocast() if runtime else contextlib.nullcontext():
+    with autocast(runtime):
         text_logits = (runner or model.bridge)(text_ids, attention_mask=text_mask)
     terms: dict[str, torch.Tensor] = {}
     if weights.get("lm"):
